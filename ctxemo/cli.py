@@ -1,0 +1,183 @@
+"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, report.
+
+Config-driven commands take a YAML file plus `key=value` overrides and write a run folder; rerunning
+the same command on the same folder resumes (finished folds / arms / embedding shards are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ctxemo.errors import CtxemoError
+
+
+def _config_and_run_dir(args, command: str):
+    from ctxemo.config import load_config, to_yaml
+
+    cfg = load_config([args.config], args.overrides)
+    run_dir = Path(args.out) if args.out else Path(cfg.out_dir) / f"{cfg.name}-{command}"
+    existing = run_dir / "config.yaml"
+    if existing.is_file() and existing.read_text(encoding="utf-8") != to_yaml(cfg) and not args.overwrite:
+        raise CtxemoError(f"{run_dir} holds a run with a different config; to resume, use the same config and "
+                          f"overrides; otherwise choose another --out (or pass --overwrite to reuse the folder)")
+    return cfg, run_dir
+
+
+def cmd_demo(args) -> None:
+    from ctxemo.demo import run_demo
+
+    run_demo(args.out, n_calls=args.calls, seed=args.seed, overrides=args.overrides, progress=not args.quiet)
+
+
+def cmd_synth(args) -> None:
+    from ctxemo.data.synthetic import generate_corpus, write_call_recordings
+
+    manifest = generate_corpus(Path(args.out), n_calls=args.calls, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {manifest}")
+    if args.recordings:
+        from ctxemo.data.manifest import load_manifest
+        from ctxemo.taxonomy import Taxonomy
+        from ctxemo.config import DEFAULT_LABELS
+
+        calls = load_manifest(manifest, Taxonomy(labels=tuple(DEFAULT_LABELS))).call_ids()[: args.recordings]
+        folder = write_call_recordings(manifest, Path(args.out) / "recordings", call_ids=calls, seed=args.seed)
+        print(f"wrote {len(calls)} whole-call recordings to {folder}")
+
+
+def cmd_import_seed(args) -> None:
+    from ctxemo.config import load_config
+    from ctxemo.data.seed_import import import_seed
+    from ctxemo.taxonomy import Taxonomy
+
+    cfg = load_config([args.config] if args.config else [], args.overrides)
+    path = import_seed(args.seed_dir, args.out, Taxonomy.from_config(cfg.taxonomy), caller_map=args.callers)
+    print(f"wrote {path}")
+
+
+def cmd_embed(args) -> None:
+    from ctxemo.experiment import load_corpus
+    from ctxemo.runinfo import start_run
+
+    cfg, run_dir = _config_and_run_dir(args, "embed")
+    start_run(run_dir, cfg, command="embed")
+    data = load_corpus(cfg, cache_root=run_dir / "cache" if args.out else None, progress=not args.quiet)
+    print(f"embeddings: {data.feats.shape[0]} segments x {data.feats.shape[1]} dims")
+
+
+def cmd_cv(args) -> None:
+    from ctxemo.experiment import HEADLINE, run_cv
+    from ctxemo.report import print_comparison
+    from ctxemo.runinfo import start_run
+
+    cfg, run_dir = _config_and_run_dir(args, "cv")
+    start_run(run_dir, cfg, command="cv")
+    summary = run_cv(cfg, run_dir, progress=not args.quiet)
+    print(print_comparison({cfg.name: summary}, {}, reference=cfg.name, metrics=[m for m in HEADLINE if m in summary]))
+    print(f"results in {run_dir}")
+
+
+def cmd_ablate(args) -> None:
+    from ctxemo.ablation import run_ablation
+    from ctxemo.runinfo import start_run
+
+    cfg, run_dir = _config_and_run_dir(args, "ablate")
+    start_run(run_dir, cfg, command="ablate")
+    run_ablation(cfg, run_dir, progress=not args.quiet)
+    print(f"results in {run_dir}")
+
+
+def cmd_report(args) -> None:
+    from ctxemo.report_run import regenerate
+
+    print(regenerate(Path(args.run_dir)))
+
+
+def cmd_train(args) -> None:
+    from ctxemo.bundle_train import train_bundle
+
+    cfg, run_dir = _config_and_run_dir(args, "train")
+    train_bundle(cfg, run_dir, progress=not args.quiet)
+
+
+def cmd_predict(args) -> None:
+    from ctxemo.predict import predict_command
+
+    predict_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctxemo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_command(name: str, func, help_text: str):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
+        p.add_argument("--out", help="run folder (default: <out_dir>/<name>-<command>)")
+        p.add_argument("--overwrite", action="store_true", help="reuse a run folder that holds another config")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("demo", help="synthetic corpus -> isolated vs contextual CV, in minutes on a CPU")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--calls", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic hotline corpus (wav files + manifest.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--calls", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recordings", type=int, default=0, help="also write N whole-call stereo recordings")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("import-seed", help="seed study layout (per-call CSV + <call>/<index>.wav) -> manifest")
+    p.add_argument("seed_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--callers", help="optional CSV call_id,caller_id (for caller-grouped folds)")
+    p.add_argument("--config", help="YAML config whose taxonomy to use (default: the 11 hotline labels)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_import_seed)
+
+    config_command("embed", cmd_embed, "embed every manifest segment once (cached, resumable)")
+    config_command("train", cmd_train, "train one model on all callers and write a model bundle")
+    config_command("cv", cmd_cv, "caller-grouped K-fold cross-validation of one config")
+    config_command("ablate", cmd_ablate, "every arm of ablation.arms on the same folds + paired tests")
+
+    p = sub.add_parser("report", help="regenerate tables and plots of a run folder")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle")
+    p.add_argument("bundle")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", default="predictions")
+    p.add_argument("--live", action="store_true", help="score as if the call arrived segment by segment")
+    p.add_argument("--channels", default=None, help="channel->role map for stereo calls, e.g. caller,operator")
+    p.add_argument("--plot", action="store_true", help="write a p_negative trajectory PNG per call")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CtxemoError as exc:
+        print(f"ctxemo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctxemo {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

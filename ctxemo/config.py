@@ -1,0 +1,287 @@
+"""Experiment configuration: one dataclass schema, merged as schema <- YAML files <- CLI dotlist.
+
+Defaults live here and only here. Unknown keys, wrong types and values outside a closed set of
+choices fail loudly, naming the key and what would have been valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from ctxemo.errors import ConfigError
+
+DEFAULT_LABELS = [
+    "despair", "sadness", "pain", "guilt", "confusion", "helplessness",
+    "resentment", "fear", "numbness", "anxiety", "grievance",
+]
+
+
+@dataclass
+class TaxonomyConfig:
+    labels: List[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    multilabel: bool = True  # True: sigmoid per label; False: one label per segment (softmax)
+    # Labels that make a segment "negative". Empty means every label does.
+    negative_labels: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    manifest: Optional[str] = None  # CSV or JSONL, see DESIGN.md "data contract"
+    features: Optional[str] = None  # float32 .npy [N, D] aligned to manifest rows; skips the encoder
+    sample_rate: int = 16000
+    channel: int = -1  # -1 mixes channels down; k >= 0 picks channel k
+    min_segment_sec: float = 0.1  # shorter segments are zero-padded up to this length
+    use_operator_turns: bool = False  # feed operator turns to the context stage (never scored)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=list)  # empty: the family's default
+
+
+@dataclass
+class EncoderConfig:
+    family: str = "wav2vec2"  # wav2vec2 | hubert | wavlm | data2vec-audio | whisper
+    source: Optional[str] = None  # hub id or local folder; None builds from `model_config` (random init)
+    revision: Optional[str] = None
+    offline: bool = True  # never contact a hub unless this is False and `source` is a hub id
+    # HF config fields for a random-init model (e.g. hidden_size); ignored when `source` is set.
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    layers: str = "weighted"  # weighted | last | an integer index into the hidden states
+    pooling: str = "mean"  # mean | attentive_stats
+    finetune: str = "frozen"  # frozen | lora | full (the CNN front-end stays frozen in all)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    normalize_waveform: bool = True  # zero-mean unit-variance per segment (wav2vec2-style)
+    whisper_pad_to_30s: bool = False  # True reproduces the seed study's padding
+    max_chunk_sec: float = 20.0  # longer segments are encoded in chunks and pooled across them
+    batch_size: int = 16
+    max_batch_sec: float = 160.0  # total audio seconds per embedding batch (bucketed by length)
+
+
+@dataclass
+class ContextConfig:
+    kind: str = "transformer"  # identity (isolated) | call_norm | transformer
+    d_model: int = 64
+    depth: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    causal: bool = False  # True: a segment sees only itself and earlier segments (live use)
+    window: int = 0  # segments per window for long calls; 0 = whole call at once
+    window_overlap: int = 0  # segments shared by consecutive windows (outputs are stitched)
+    use_time: bool = True  # add an embedding of start time / gap since the previous segment
+
+
+@dataclass
+class HeadConfig:
+    binary_from: str = "head"  # head | fine (p_negative = 1 - prod(1 - p_label) for negative labels)
+    fine_on_negative_only: bool = False  # fine loss only on segments that are negative
+    dropout: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    kind: str = "cb_focal"  # cb_focal | focal | bce | weighted_bce
+    beta: float = 0.999  # class-balanced effective-number beta (Cui et al. 2019)
+    gamma: float = 2.0  # focal exponent
+    binary_weight: float = 1.0
+    fine_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "two_stage"  # two_stage (context on cached embeddings) | end_to_end
+    epochs: int = 40
+    batch_calls: int = 8
+    lr: float = 2e-3
+    encoder_lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    patience: int = 8  # epochs without inner-validation improvement before stopping
+    early_stop_metric: str = "score"  # score = mean of binary AP and fine macro AP (threshold-free)
+    window_segments: int = 8  # end_to_end: consecutive segments per training window
+    device: str = "auto"  # auto | cpu | cuda
+    tensorboard: bool = False
+
+
+@dataclass
+class CVConfig:
+    folds: int = 5
+    inner_val_fraction: float = 0.2  # share of training callers held out for early stopping
+    tune_thresholds: bool = True  # per-label thresholds tuned on inner validation (else 0.5)
+    only_folds: List[int] = field(default_factory=list)  # run a subset of folds (empty = all)
+
+
+@dataclass
+class AblationConfig:
+    # arm name -> list of key=value overrides applied on top of this config
+    arms: Dict[str, List[str]] = field(default_factory=dict)
+    reference: str = ""  # arm that every other arm is compared with (paired test)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    out_dir: str = "runs"
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+
+
+# Closed sets of values, checked after every merge (a typo must not silently pick a default).
+CHOICES: Dict[str, Sequence[str]] = {
+    "encoder.family": ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"),
+    "encoder.pooling": ("mean", "attentive_stats"),
+    "encoder.finetune": ("frozen", "lora", "full"),
+    "context.kind": ("identity", "call_norm", "transformer"),
+    "head.binary_from": ("head", "fine"),
+    "loss.kind": ("cb_focal", "focal", "bce", "weighted_bce"),
+    "train.mode": ("two_stage", "end_to_end"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
+}
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
+    """Keys that exist at the parent of `dotted` (for error messages)."""
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+        else:
+            break
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        valid = _valid_keys(schema, key)
+        return ConfigError(f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}")
+    if isinstance(exc, ValidationError):
+        return ConfigError(f"{source}: bad value for '{key}': {exc.msg if hasattr(exc, 'msg') else exc}")
+    return ConfigError(f"{source}: {exc}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check closed choices and cross-field rules that the type schema cannot express."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}")
+    layers = cfg.encoder.layers
+    if layers not in ("weighted", "last"):
+        try:
+            int(layers)
+        except ValueError:
+            raise ConfigError(
+                f"config key 'encoder.layers' = {layers!r}: use 'weighted', 'last' or an integer index"
+            ) from None
+    labels = list(cfg.taxonomy.labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise ConfigError(f"config key 'taxonomy.labels' must be a non-empty list of distinct names: {labels}")
+    unknown = [name for name in cfg.taxonomy.negative_labels if name not in labels]
+    if unknown:
+        raise ConfigError(f"config key 'taxonomy.negative_labels' names unknown labels {unknown}; labels: {labels}")
+    if cfg.cv.folds < 2:
+        raise ConfigError(f"config key 'cv.folds' = {cfg.cv.folds}: need at least 2 folds")
+    if not 0.0 < cfg.cv.inner_val_fraction < 1.0:
+        raise ConfigError("config key 'cv.inner_val_fraction' must lie strictly between 0 and 1")
+    if cfg.context.window and cfg.context.window_overlap >= cfg.context.window:
+        raise ConfigError("config key 'context.window_overlap' must be smaller than 'context.window'")
+
+
+def load_config(
+    yaml_paths: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    base: Optional[DictConfig] = None,
+) -> DictConfig:
+    """Build a validated config: schema (or `base`) <- each YAML file in order <- `key=value` overrides.
+
+    Args:
+        yaml_paths: YAML files, later ones win. A file may name parents under `defaults:`
+            (paths relative to itself), merged before its own keys: this is how an ablation arm
+            is a small diff on a base config.
+        overrides: dotlist strings such as ``train.epochs=3``.
+        base: start from this config instead of the bare schema.
+    Returns:
+        A structured DictConfig (typed: assigning a wrong type later also fails).
+    Raises:
+        ConfigError: unknown key, wrong type or invalid choice, naming the key and the source.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = base.copy() if base is not None else schema.copy()
+    for path in yaml_paths:
+        for source, content in _read_yaml_with_parents(Path(path)):
+            try:
+                cfg = OmegaConf.merge(cfg, content)
+            except OmegaConfBaseException as exc:
+                raise _explain(exc, schema, str(source)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, schema, f"override {item!r}") from None
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml_with_parents(path: Path, _seen: Optional[set] = None) -> List[tuple]:
+    """[(source, content)] for `path`'s `defaults:` parents (depth first) then `path` itself."""
+    seen = _seen if _seen is not None else set()
+    resolved = path.resolve()
+    if resolved in seen:
+        raise ConfigError(f"{path}: circular 'defaults' chain")
+    seen.add(resolved)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        content = OmegaConf.load(path)
+    except Exception as exc:  # yaml parser errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(content, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    out: List[tuple] = []
+    parents = content.pop("defaults", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    for parent in parents:
+        out.extend(_read_yaml_with_parents(path.parent / str(parent), seen))
+    out.append((path, content))
+    return out
+
+
+def to_container(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def default_config() -> DictConfig:
+    return load_config()
+
+
+def schema_fields(cls=ExperimentConfig) -> List[str]:
+    """Top-level section names, for help texts."""
+    return [f.name for f in dataclasses.fields(cls)]

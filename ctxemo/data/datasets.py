@@ -1,0 +1,108 @@
+"""Calls as sequences of segment embeddings, and their padded batches.
+
+Legend: b = calls, s = segments, d = features, c = fine labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ctxemo.data.manifest import Manifest
+from ctxemo.models.model import CallInputs
+
+
+@dataclass
+class CallItem:
+    """One call, its segments in order. Operator segments appear only when fed as context."""
+
+    call_id: str
+    rows: np.ndarray  # [s] manifest rows
+    feats: np.ndarray  # [s, d] float32
+    role: np.ndarray  # [s] int64, 0 caller / 1 operator
+    time_feats: np.ndarray  # [s, 2] float32
+    negative: np.ndarray  # [s] float32
+    fine: np.ndarray  # [s, c] float32
+    scored: np.ndarray  # [s] bool: caller segments (losses and metrics never use operator turns)
+
+
+class CallBatch(NamedTuple):
+    inputs: CallInputs
+    negative: torch.Tensor  # [b, s] float
+    fine: torch.Tensor  # [b, s, c] float
+    scored_mask: torch.Tensor  # [b, s] bool
+    rows: torch.Tensor  # [b, s] long, -1 for padding
+
+
+def _time_features(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
+    """[s, 2]: log1p(gap since the previous segment), log1p(duration); 0 where start/end are unknown."""
+    start, end = manifest.start_sec[rows], manifest.end_sec[rows]
+    duration = np.nan_to_num(end - start, nan=0.0).clip(min=0)
+    gap = np.zeros(len(rows))
+    gap[1:] = np.nan_to_num(start[1:] - end[:-1], nan=0.0).clip(min=0)
+    return np.log1p(np.stack([gap, duration], axis=1)).astype(np.float32)
+
+
+def build_call_items(manifest: Manifest, feats: np.ndarray, *, rows: Optional[np.ndarray] = None,
+                     use_operator_turns: bool = False) -> List[CallItem]:
+    """Group manifest rows (all, or those in `rows`) into calls ordered by segment_index.
+
+    Args:
+        feats: [n, d] features aligned with manifest rows.
+        rows: restrict to these manifest rows (e.g. one fold); whole calls are kept together anyway
+            because folds are grouped by caller.
+        use_operator_turns: keep operator segments as context tokens (never scored).
+    """
+    keep = np.ones(len(manifest), dtype=bool) if rows is None else np.isin(np.arange(len(manifest)), rows)
+    is_caller = manifest.is_caller
+    items = []
+    for call_rows in manifest.calls():
+        call_rows = call_rows[keep[call_rows]]
+        if not use_operator_turns:
+            call_rows = call_rows[is_caller[call_rows]]
+        if len(call_rows) == 0 or not is_caller[call_rows].any():
+            continue
+        items.append(CallItem(
+            call_id=manifest.call_id[call_rows[0]], rows=call_rows,
+            feats=feats[call_rows].astype(np.float32, copy=False),
+            role=(~is_caller[call_rows]).astype(np.int64),
+            time_feats=_time_features(manifest, call_rows),
+            negative=manifest.negative[call_rows].astype(np.float32),
+            fine=manifest.fine[call_rows], scored=is_caller[call_rows],
+        ))
+    return items
+
+
+def collate(items: Sequence[CallItem], device: torch.device | str = "cpu") -> CallBatch:
+    """Pad calls to the longest one; masks mark real segments."""
+    b, s = len(items), max(len(it.rows) for it in items)
+    d, c = items[0].feats.shape[1], items[0].fine.shape[1]
+    feats = np.zeros((b, s, d), np.float32)
+    seg_mask = np.zeros((b, s), bool)
+    role = np.zeros((b, s), np.int64)
+    time_feats = np.zeros((b, s, 2), np.float32)
+    negative = np.zeros((b, s), np.float32)
+    fine = np.zeros((b, s, c), np.float32)
+    scored = np.zeros((b, s), bool)
+    rows = np.full((b, s), -1, np.int64)
+    for i, it in enumerate(items):
+        n = len(it.rows)
+        feats[i, :n], seg_mask[i, :n], role[i, :n] = it.feats, True, it.role
+        time_feats[i, :n], negative[i, :n], fine[i, :n] = it.time_feats, it.negative, it.fine
+        scored[i, :n], rows[i, :n] = it.scored, it.rows
+    position = np.broadcast_to(np.arange(s), (b, s)).copy()
+    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    inputs = CallInputs(feats=to(feats), seg_mask=to(seg_mask), role=to(role), position=to(position),
+                        time_feats=to(time_feats))
+    return CallBatch(inputs=inputs, negative=to(negative), fine=to(fine), scored_mask=to(scored), rows=to(rows))
+
+
+def iterate_batches(items: Sequence[CallItem], *, batch_calls: int, shuffle: bool,
+                    generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu") -> Iterator[CallBatch]:
+    """Batches of whole calls; shuffled with the given generator so runs are reproducible."""
+    order = torch.randperm(len(items), generator=generator).tolist() if shuffle else range(len(items))
+    order = list(order)
+    for first in range(0, len(order), batch_calls):
+        yield collate([items[i] for i in order[first:first + batch_calls]], device)

@@ -1,0 +1,254 @@
+"""Caller-grouped, label-stratified cross-validation folds and inner validation splits.
+
+No caller ever has segments on both sides of a split. Within that rule, folds are balanced for
+every label column by iterative stratification (Sechidis et al. 2011) over callers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ctxemo.errors import ManifestError
+
+FOLDS_FORMAT_VERSION = 1
+
+
+def _label_matrix(label_matrix: Optional[np.ndarray], n_rows: int) -> np.ndarray:
+    """[n_rows, k] bool; None means no labels (balance by size only), a vector one column."""
+    if label_matrix is None:
+        return np.zeros((n_rows, 0), dtype=bool)
+    labels = np.asarray(label_matrix)
+    labels = labels.reshape(n_rows, -1) if labels.ndim == 1 else labels
+    if labels.ndim != 2 or labels.shape[0] != n_rows:
+        raise ValueError(f"label_matrix must be [n_rows={n_rows}, k], got {np.asarray(label_matrix).shape}")
+    return labels > 0
+
+
+def _assign_callers(sizes: np.ndarray, counts: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index per caller by iterative stratification.
+
+    Args:
+        sizes: [callers] rows per caller.
+        counts: [callers, k] positive rows per caller and label.
+    Returns:
+        [callers] fold index.
+    """
+    n_callers, k = counts.shape
+    # Remaining demand per fold: what each fold still needs to reach an equal share.
+    label_demand = np.tile(counts.sum(axis=0) / n_folds, (n_folds, 1)).astype(float)  # [folds, k]
+    size_demand = np.full(n_folds, sizes.sum() / n_folds, dtype=float)
+    fold_of = np.full(n_callers, -1)
+    caller_tiebreak = rng.random(n_callers)
+
+    def place(caller: int, label: Optional[int]) -> None:
+        # Most-needed fold for this label, then most-needed by size, then a seeded coin.
+        primary = label_demand[:, label] if label is not None else size_demand
+        fold = np.lexsort((rng.random(n_folds), -size_demand, -primary))[0]
+        fold_of[caller] = fold
+        label_demand[fold] -= counts[caller]
+        size_demand[fold] -= sizes[caller]
+
+    while True:
+        open_callers = fold_of < 0
+        remaining = counts[open_callers].sum(axis=0)  # [k]
+        if not np.any(remaining > 0):
+            break
+        # The rarest label still to place goes first: later labels have more callers to even out with.
+        rarest = int(np.argmin(np.where(remaining > 0, remaining, np.inf)))
+        carriers = np.flatnonzero(open_callers & (counts[:, rarest] > 0))
+        carriers = carriers[np.lexsort((caller_tiebreak[carriers], -sizes[carriers], -counts[carriers, rarest]))]
+        for caller in carriers:
+            place(caller, rarest)
+    # Callers without any positive balance the fold sizes, largest first.
+    rest = np.flatnonzero(fold_of < 0)
+    for caller in rest[np.lexsort((caller_tiebreak[rest], -sizes[rest]))]:
+        place(caller, None)
+    return fold_of
+
+
+def caller_folds(
+    groups: Sequence[str], label_matrix: Optional[np.ndarray], *, n_folds: int, seed: int
+) -> List[np.ndarray]:
+    """Caller-independent, label-stratified cross-validation folds.
+
+    Args:
+        groups: [n_rows] caller id per row.
+        label_matrix: [n_rows, k] 0/1 (binary column plus fine label columns); None balances size only.
+        n_folds: number of folds (>= 2, <= number of callers).
+        seed: breaks ties; the same inputs and seed give the same folds.
+    Returns:
+        n_folds sorted arrays of test-row indices; every row is in exactly one, every caller in one.
+    Raises:
+        ManifestError: fewer callers than folds.
+    """
+    caller_ids, caller_of_row = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_rows, n_callers = len(caller_of_row), len(caller_ids)
+    if n_folds < 2:
+        raise ValueError(f"need at least 2 folds, got {n_folds}")
+    if n_callers < n_folds:
+        raise ManifestError(
+            f"{n_callers} distinct callers cannot fill {n_folds} caller-independent folds; "
+            f"lower cv.folds to at most {n_callers} or add callers"
+        )
+    labels = _label_matrix(label_matrix, n_rows)
+    sizes = np.bincount(caller_of_row, minlength=n_callers)
+    counts = np.zeros((n_callers, labels.shape[1]))
+    np.add.at(counts, caller_of_row, labels.astype(float))
+    fold_of_caller = _assign_callers(sizes, counts, n_folds, np.random.default_rng(seed))
+    fold_of_row = fold_of_caller[caller_of_row]
+    folds = [np.flatnonzero(fold_of_row == f) for f in range(n_folds)]
+    assert all(len(f) for f in folds), "a fold came out empty"
+    _check_partition(folds, caller_of_row, n_rows)
+    return folds
+
+
+def _check_partition(folds: List[np.ndarray], caller_of_row: np.ndarray, n_rows: int) -> None:
+    every_row = np.sort(np.concatenate(folds))
+    assert np.array_equal(every_row, np.arange(n_rows)), "folds do not cover every row exactly once"
+    seen: set = set()
+    for fold in folds:
+        callers = set(caller_of_row[fold].tolist())
+        assert not (callers & seen), "a caller landed in two folds"
+        seen |= callers
+
+
+def inner_split(
+    rows: np.ndarray,
+    groups: Sequence[str],
+    label_matrix: Optional[np.ndarray],
+    *,
+    val_fraction: float,
+    seed: int,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Caller-disjoint, stratified split of training rows into fit and inner-validation rows.
+
+    Runs the fold balancer with round(1 / val_fraction) folds over the training callers and holds
+    out the fold whose row share is closest to val_fraction.
+
+    Args:
+        rows: [m] indices (into groups / label_matrix) of the training rows.
+        groups: [n_rows] caller id per row (all rows).
+        label_matrix: [n_rows, k] 0/1 or None.
+        val_fraction: share of training rows to hold out, in (0, 1).
+        seed: tie-breaking seed.
+    Returns:
+        (fit_rows, val_rows): sorted indices into the full arrays, at least one caller on each side.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    rows = np.sort(np.asarray(rows, dtype=int))
+    sub_groups = np.asarray(groups).astype(str)[rows]
+    n_callers = len(np.unique(sub_groups))
+    if n_callers < 2:
+        raise ManifestError(f"the training rows hold {n_callers} caller(s); an inner validation split needs 2")
+    n_parts = int(min(max(2, round(1.0 / val_fraction)), n_callers))
+    sub_labels = None if label_matrix is None else _label_matrix(label_matrix, len(groups))[rows]
+    parts = caller_folds(sub_groups, sub_labels, n_folds=n_parts, seed=seed)
+    held_out = int(np.argmin([abs(len(p) / len(rows) - val_fraction) for p in parts]))
+    val_mask = np.zeros(len(rows), dtype=bool)
+    val_mask[parts[held_out]] = True
+    return rows[~val_mask], rows[val_mask]
+
+
+def fold_prevalence(
+    folds: List[np.ndarray],
+    label_matrix: np.ndarray,
+    names: Sequence[str],
+    *,
+    groups: Optional[Sequence[str]] = None,
+) -> List[Dict[str, object]]:
+    """Per-fold size and label prevalence, to show how well stratification worked.
+
+    Args:
+        folds: test-row indices per fold.
+        label_matrix: [n_rows, k] 0/1.
+        names: [k] column names.
+        groups: [n_rows] caller ids; without them n_callers is None.
+    Returns:
+        one dict per fold: fold, n_rows, n_callers, positives {name: count}, positive_share {name: share}.
+    """
+    labels = _label_matrix(label_matrix, len(label_matrix))
+    if labels.shape[1] != len(names):
+        raise ValueError(f"{len(names)} names for {labels.shape[1]} label columns")
+    caller_ids = None if groups is None else np.asarray(groups).astype(str)
+    out = []
+    for i, fold in enumerate(folds):
+        positives = labels[fold].sum(axis=0)
+        out.append({
+            "fold": i,
+            "n_rows": int(len(fold)),
+            "n_callers": None if caller_ids is None else int(len(np.unique(caller_ids[fold]))),
+            "positives": {name: int(v) for name, v in zip(names, positives)},
+            "positive_share": {name: float(v / max(len(fold), 1)) for name, v in zip(names, positives)},
+        })
+    return out
+
+
+def save_folds(path: Union[str, Path], folds: List[np.ndarray], groups: Sequence[str]) -> None:
+    """Write the caller ids of each fold as JSON, atomically (temp file in the same folder, then rename).
+
+    Stored by caller rather than by row so every ablation arm reuses the same split even if it
+    reads the manifest in another order.
+    """
+    path = Path(path)
+    caller_ids = np.asarray(groups).astype(str)
+    payload = {
+        "version": FOLDS_FORMAT_VERSION,
+        "n_folds": len(folds),
+        "n_rows": [int(len(f)) for f in folds],
+        "folds": [sorted(set(caller_ids[f].tolist())) for f in folds],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_folds(path: Union[str, Path], groups: Sequence[str]) -> List[np.ndarray]:
+    """Read folds written by save_folds and re-derive their row indices for these rows.
+
+    Args:
+        path: the JSON file.
+        groups: [n_rows] caller id per row of the current manifest.
+    Returns:
+        test-row indices per fold.
+    Raises:
+        ManifestError (naming the path): unreadable file, a caller in two folds, a caller of the
+        file missing from the manifest or a manifest caller missing from the file.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        fold_callers = [list(map(str, f)) for f in payload["folds"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: not a readable folds file ({exc})") from None
+    fold_of: Dict[str, int] = {}
+    for i, callers in enumerate(fold_callers):
+        for caller in callers:
+            if caller in fold_of:
+                raise ManifestError(f"{path}: caller {caller!r} is in folds {fold_of[caller]} and {i}")
+            fold_of[caller] = i
+    caller_ids = np.asarray(groups).astype(str)
+    present = set(caller_ids.tolist())
+    unknown = sorted(set(fold_of) - present)
+    unassigned = sorted(present - set(fold_of))
+    if unknown or unassigned:
+        raise ManifestError(
+            f"{path}: folds do not match the manifest: {len(unknown)} caller(s) in the file but not in "
+            f"the manifest {unknown[:5]}, {len(unassigned)} manifest caller(s) in no fold {unassigned[:5]}"
+        )
+    fold_of_row = np.array([fold_of[c] for c in caller_ids], dtype=int)
+    return [np.flatnonzero(fold_of_row == i) for i in range(len(fold_callers))]

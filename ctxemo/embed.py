@@ -1,0 +1,385 @@
+"""The embedding cache: encode every manifest row once with the SegmentEncoder, and reuse the result
+for as long as nothing it depends on (encoder, weights, audio files, crops) has changed.
+
+Layout under `cache_dir` (one folder per encoder, so ablation arms with different encoders coexist):
+    <family>-<encoder fingerprint[:12]>/embeddings.npy    float32 [N, D], row i = manifest row i
+    <family>-<encoder fingerprint[:12]>/embeddings.json   sidecar: fingerprints + one hash per row
+    <family>-<encoder fingerprint[:12]>/partial/shard-<key>.npy   finished shards of an unfinished run
+A row is reused when the encoder fingerprint matches and its own audio hash (path, size, mtime,
+crop, channel, rate) is in the previous sidecar; only the other rows are encoded, in shards of
+`shard_rows` that are saved as they finish, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ctxemo.errors import AudioError, ConfigError, ManifestError
+from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
+from ctxemo.models.frontend import pad_waves
+from ctxemo.models.backbones import check_local_folder, resolve_source, tiny_model_config
+
+CACHE_FORMAT = "ctxemo-embeddings/1"
+EMBEDDINGS_FILE = "embeddings.npy"
+SIDECAR_FILE = "embeddings.json"
+MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """Where one manifest row's audio lives."""
+
+    path: Path
+    start_sec: Optional[float] = None
+    end_sec: Optional[float] = None
+
+
+RowLike = Union[AudioSpec, Tuple[Any, Optional[float], Optional[float]], Dict[str, Any]]
+
+
+def as_audio_spec(row: RowLike) -> AudioSpec:
+    """AudioSpec from an AudioSpec, a (path, start_sec, end_sec) tuple or a dict with those keys."""
+    if isinstance(row, AudioSpec):
+        return row
+    if isinstance(row, dict):
+        return AudioSpec(Path(row["path"]), row.get("start_sec"), row.get("end_sec"))
+    path, start, end = row
+    return AudioSpec(Path(path), start, end)
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def source_identity(source: Optional[str], revision: Optional[str], *, seed: int) -> Optional[Dict[str, Any]]:
+    """What identifies the encoder's weights. None when it cannot be known yet (hub id not cached).
+
+    random init: the seed; local folder: config.json's content hash + size and mtime of every weight
+    file; hub id: the commit the local hub cache resolves `revision` to.
+    """
+    kind, where = resolve_source(source)
+    if kind == "random":
+        return {"kind": "random", "seed": int(seed)}
+    if kind == "local":
+        check_local_folder(where)
+        files = sorted(p for p in where.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+        return {
+            "kind": "local", "path": str(where),
+            "config_sha256": hashlib.sha256((where / "config.json").read_bytes()).hexdigest(),
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        }
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(where, "config.json", revision=revision)
+    if not isinstance(cached, str):
+        return None
+    return {"kind": "hub", "id": where, "revision": revision, "commit": Path(cached).parent.name}
+
+
+def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = None
+                        ) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Hash of everything that decides a row's embedding apart from its audio.
+
+    Included: family, source/revision/weights identity, the effective model config for random init
+    (tiny defaults merged) and the seed, layers, pooling, normalize_waveform, whisper_pad_to_30s,
+    max_chunk_sec, data.sample_rate/channel/min_segment_sec, torch + transformers versions, and for a
+    caller-supplied (fine-tuned) encoder a hash of its trainable tensors. Left out: batch sizes,
+    offline, gradient checkpointing, and finetune/lora for a freshly built encoder (LoRA starts as a no-op).
+    Returns:
+        (hex digest or None when the weights cannot be identified yet, the hashed description).
+    """
+    import transformers
+
+    enc = as_encoder_config(cfg.encoder)
+    identity = source_identity(enc.source, enc.revision, seed=cfg.seed)
+    description: Dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "family": enc.family, "source": enc.source, "revision": enc.revision, "weights": identity,
+        "model_config": {**tiny_model_config(enc.family), **enc.model_config} if enc.source is None else None,
+        "layers": str(enc.layers), "pooling": enc.pooling, "normalize_waveform": enc.normalize_waveform,
+        "whisper_pad_to_30s": enc.whisper_pad_to_30s, "max_chunk_sec": enc.max_chunk_sec,
+        "sample_rate": int(cfg.data.sample_rate), "channel": int(cfg.data.channel),
+        "min_segment_sec": float(cfg.data.min_segment_sec),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    if encoder is not None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(encoder.trainable_state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        description["trained_state_sha256"] = digest.hexdigest()
+    return (_sha(description) if identity is not None else None), description
+
+
+def row_hashes(specs: Sequence[AudioSpec]) -> List[str]:
+    """One hash per row: resolved path, file size, mtime (ns) and crop. Raises AudioError if missing."""
+    out, stats = [], {}
+    for spec in specs:
+        path = Path(spec.path).resolve()
+        if path not in stats:
+            try:
+                st = path.stat()
+            except OSError:
+                raise AudioError(f"audio file not found: {spec.path}") from None
+            stats[path] = (st.st_size, st.st_mtime_ns)
+        out.append(_sha([str(path), *stats[path], spec.start_sec, spec.end_sec])[:32])
+    return out
+
+
+def cache_folder(cfg: DictConfig, cache_dir: Union[str, Path], encoder_fp: str) -> Path:
+    """Where this encoder's cache lives under `cache_dir`."""
+    return Path(cache_dir) / f"{cfg.encoder.family}-{encoder_fp[:12]}"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+def embed_manifest(
+    cfg: DictConfig,
+    manifest_rows: Sequence[RowLike],
+    *,
+    cache_dir: Union[str, Path],
+    progress: bool = True,
+    encoder: Optional[SegmentEncoder] = None,
+    device: Optional[str] = None,
+    shard_rows: int = 256,
+    on_shard_done: Optional[Callable[[int], None]] = None,
+) -> np.ndarray:
+    """Segment embeddings for every manifest row, from the cache where valid, else computed.
+
+    Args:
+        cfg: the full experiment config (uses encoder, data.sample_rate, data.channel,
+            data.min_segment_sec, seed, train.device).
+        manifest_rows: per row an AudioSpec, a (path, start_sec, end_sec) tuple or a dict.
+        cache_dir: root folder; this encoder's files go to `cache_folder(...)` below it.
+        progress: show a tqdm bar over the rows being encoded.
+        encoder: an already built (e.g. fine-tuned) encoder to use instead of building one from
+            cfg.encoder; its trainable weights then enter the fingerprint.
+        device: "cpu" / "cuda"; default from cfg.train.device ("auto": cuda when available).
+        shard_rows: rows per resumable shard.
+        on_shard_done: called with the number of shards finished so far in this call (tests use it
+            to simulate an interruption).
+    Returns:
+        float32 [N, D].
+    Raises:
+        AudioError: a missing or unreadable audio file (named).
+        ConfigError: an encoder that cannot be built (see SegmentEncoder.from_config).
+    """
+    specs = [as_audio_spec(r) for r in manifest_rows]
+    hashes = row_hashes(specs)
+    audio_fp = _sha(hashes)
+    encoder_fp, description = encoder_fingerprint(cfg, encoder=encoder)
+    if encoder_fp is None:  # a hub id not in the local cache yet: load (download) it, then identify it
+        supplied = encoder
+        encoder = encoder or _build_encoder(cfg)
+        encoder_fp, description = encoder_fingerprint(cfg, encoder=supplied)
+        if encoder_fp is None:
+            raise ConfigError(f"encoder.source {cfg.encoder.source!r}: loaded, but its hub revision cannot be "
+                              "resolved in the local hub cache, so cached embeddings could go stale")
+    folder = cache_folder(cfg, cache_dir, encoder_fp)
+    sidecar = _read_sidecar(folder)
+    old = _load_matching(folder, sidecar, encoder_fp)
+    if old is not None and sidecar["audio_fingerprint"] == audio_fp and old.shape[0] == len(specs):
+        return old
+
+    # Reuse any unchanged row of the previous result for this encoder; encode the rest in shards.
+    previous = {h: i for i, h in enumerate(sidecar["row_hashes"])} if old is not None else {}
+    todo = [i for i, h in enumerate(hashes) if h not in previous]
+    shards = [todo[k: k + shard_rows] for k in range(0, len(todo), shard_rows)]
+    partial = folder / "partial"
+    results: Dict[int, np.ndarray] = {}
+    bar = tqdm(total=len(todo), desc=f"embed {cfg.encoder.family}", unit="seg", disable=not progress)
+    for number, rows in enumerate(shards, start=1):
+        key = _sha([encoder_fp, [hashes[i] for i in rows]])[:24]
+        shard_path = partial / f"shard-{key}.npy"
+        if shard_path.is_file():  # finished by an earlier, interrupted call
+            values = np.load(shard_path, allow_pickle=False)
+            bar.update(len(rows))
+        else:
+            encoder = encoder or _build_encoder(cfg)
+            values = _encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
+            _atomic_save(shard_path, values)
+        results.update(zip(rows, values))
+        if on_shard_done is not None:
+            on_shard_done(number)
+    bar.close()
+
+    dim = old.shape[1] if old is not None else (next(iter(results.values())).shape[0] if results else 0)
+    out = np.empty((len(specs), dim), dtype=np.float32)
+    for i, h in enumerate(hashes):
+        out[i] = results[i] if i in results else old[previous[h]]
+    # Drop the old sidecar first: a crash between the two writes must not pair new rows with old hashes.
+    (folder / SIDECAR_FILE).unlink(missing_ok=True)
+    _atomic_save(folder / EMBEDDINGS_FILE, out)
+    meta = {"format": CACHE_FORMAT, "encoder_fingerprint": encoder_fp, "audio_fingerprint": audio_fp,
+            "n_rows": len(specs), "dim": dim, "dtype": "float32", "encoder": description, "row_hashes": hashes}
+    _atomic_write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
+    for path in partial.glob("shard-*.npy") if partial.is_dir() else []:
+        path.unlink(missing_ok=True)
+    return out
+
+
+def _read_sidecar(folder: Path) -> Optional[Dict[str, Any]]:
+    try:
+        meta = json.loads((folder / SIDECAR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == CACHE_FORMAT else None
+
+
+def _load_matching(folder: Path, sidecar: Optional[Dict[str, Any]], encoder_fp: str) -> Optional[np.ndarray]:
+    """The cached array if its sidecar belongs to this encoder and the file is intact, else None."""
+    if sidecar is None or sidecar.get("encoder_fingerprint") != encoder_fp:
+        return None
+    try:
+        arr = np.load(folder / EMBEDDINGS_FILE, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if arr.dtype != np.float32 or arr.shape != (sidecar["n_rows"], sidecar["dim"]):
+        return None
+    return arr
+
+
+def _build_encoder(cfg: DictConfig) -> SegmentEncoder:
+    """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
+    enc_cfg = as_encoder_config(cfg.encoder)
+    enc_cfg.finetune = "frozen"
+    enc_cfg.gradient_checkpointing = False
+    # Seed inside a forked RNG: same config -> same random weights, without disturbing the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        return SegmentEncoder.from_config(enc_cfg, sample_rate=int(cfg.data.sample_rate))
+
+
+def _resolve_device(cfg: DictConfig, device: Optional[str]) -> torch.device:
+    choice = device or OmegaConf.select(cfg, "train.device", default="auto")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _durations_sec(specs: Sequence[AudioSpec]) -> List[float]:
+    """Segment lengths for bucketing, from the crop when given, else from the file header."""
+    import soundfile as sf
+
+    out = []
+    for spec in specs:
+        if spec.start_sec is not None and spec.end_sec is not None:
+            out.append(float(spec.end_sec) - float(spec.start_sec))
+            continue
+        try:
+            info = sf.info(str(spec.path))
+        except Exception as exc:
+            raise AudioError(f"cannot read audio file {spec.path}: {exc}") from None
+        end = float(spec.end_sec) if spec.end_sec is not None else info.frames / info.samplerate
+        out.append(end - float(spec.start_sec or 0.0))
+    return out
+
+
+def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch_sec: float,
+                   max_padding_frac: float = MAX_PADDING_FRAC) -> List[List[int]]:
+    """Batches of indices, shortest first. Each holds at most `batch_size` segments, at most
+    `max_batch_sec` of padded audio (count x longest), and pads at most `max_padding_frac` of its real
+    audio; a segment longer than the budget goes alone.
+
+    Args:
+        durations_sec: per segment.
+        max_padding_frac: padding is pure waste (and on CPU batching buys no parallelism), so a batch
+            closes rather than pad, e.g., a 2-s segment to 10 s.
+    Returns:
+        Lists of indices into `durations_sec`.
+    """
+    order = sorted(range(len(durations_sec)), key=lambda i: durations_sec[i])
+    batches: List[List[int]] = []
+    real_sec = 0.0
+    for i in order:
+        d = durations_sec[i]
+        if batches:
+            n = len(batches[-1]) + 1  # d is the longest so far: sorted ascending
+            if n <= batch_size and n * d <= max_batch_sec and n * d <= (1 + max_padding_frac) * (real_sec + d):
+                batches[-1].append(i)
+                real_sec += d
+                continue
+        batches.append([i])
+        real_sec = d
+    return batches
+
+
+def _encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *, device: Optional[str],
+                 bar: tqdm) -> np.ndarray:
+    """Embeddings [len(specs), D] in the given order, computed in length-bucketed batches."""
+    from ctxemo.data.audio import read_audio
+
+    target = _resolve_device(cfg, device)
+    was_training = encoder.training
+    encoder = encoder.to(target).eval()
+    sr = int(cfg.data.sample_rate)
+    min_samples = int(round(float(cfg.data.min_segment_sec) * sr))
+    batches = length_buckets(_durations_sec(specs), batch_size=int(cfg.encoder.batch_size),
+                             max_batch_sec=float(cfg.encoder.max_batch_sec))
+    out = np.empty((len(specs), encoder.output_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for batch in batches:
+            waves = [read_audio(specs[i].path, start_sec=specs[i].start_sec, end_sec=specs[i].end_sec,
+                                channel=int(cfg.data.channel), target_sr=sr) for i in batch]
+            padded, lens = pad_waves(waves, min_samples=max(min_samples, 1))
+            emb = encoder(padded.to(target), lens.to(target))
+            out[batch] = emb.float().cpu().numpy()
+            bar.update(len(batch))
+    encoder.train(was_training)  # a caller's encoder goes back the way it came
+    return out
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_features(path: Union[str, Path], n_rows: int) -> np.ndarray:
+    """Load precomputed features (`data.features`): float32 .npy [n_rows, D], all finite.
+
+    Args:
+        path: the .npy file; n_rows: manifest rows it must align with.
+    Returns:
+        float32 [n_rows, D].
+    Raises:
+        ManifestError: missing/unreadable file, not float32, not 2-D, wrong row count, NaN/Inf rows;
+            each message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"features file not found: {path}")
+    try:
+        feats = np.load(path, allow_pickle=False)  # data, never pickles
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: not a readable .npy array ({exc})") from None
+    if feats.dtype != np.float32:
+        raise ManifestError(f"{path}: features must be float32, got {feats.dtype} (save with .astype(np.float32))")
+    if feats.ndim != 2:
+        raise ManifestError(f"{path}: features must be 2-D [N, D], got shape {feats.shape}")
+    if feats.shape[0] != n_rows:
+        raise ManifestError(f"{path}: {feats.shape[0]} feature rows but the manifest has {n_rows} rows")
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if len(bad):
+        raise ManifestError(f"{path}: NaN or Inf in feature row(s) {bad[:5].tolist()} (manifest row order)")
+    return feats

@@ -1,0 +1,395 @@
+"""Evaluation metrics, decision-threshold tuning, fold summaries and paired significance tests.
+
+numpy arrays in, plain Python floats / ints / dicts out (JSON-serialisable; undefined values are NaN).
+Shape legend: n = rows (segments), c = labels / classes.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from scipy import stats
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+NAN = float("nan")
+TOP_CONFUSED_PAIRS = 10
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence warnings for metrics that are undefined on a fold (we return 0 or NaN by design)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # nan-means of all-NaN slices, scipy on ties
+        yield
+
+
+def _ranking_scores(y: np.ndarray, score: np.ndarray) -> Tuple[float, float]:
+    """(AUROC, AP) for one binary column; NaN when only one class is present."""
+    if y.size == 0 or np.unique(y).size < 2:
+        return NAN, NAN
+    return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
+
+
+def binary_metrics(y_true: np.ndarray, p_neg: np.ndarray, *, threshold: float = 0.5) -> Dict[str, float]:
+    """Negative-vs-not metrics, with negative emotion (y = 1) as the positive class.
+
+    Args:
+        y_true: [n] 0/1.
+        p_neg: [n] predicted probability of negative emotion.
+        threshold: predict negative where p_neg >= threshold.
+    Returns:
+        flat dict: precision, recall, f1 (of the negative class); seed_weighted_f1 (sklearn
+        average='weighted' over both classes, the figure the seed study reported); accuracy; auroc
+        and ap (NaN when y_true holds one class); support_negative, support_not_negative, n; threshold.
+    """
+    y = np.asarray(y_true).astype(int).reshape(-1)
+    p = np.asarray(p_neg, dtype=float).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"y_true {y.shape} and p_neg {p.shape} differ in length")
+    pred = (p >= threshold).astype(int)
+    with _quiet():
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y, pred, labels=[1], average="binary", pos_label=1, zero_division=0
+        )
+        weighted = f1_score(y, pred, labels=[0, 1], average="weighted", zero_division=0)
+    auroc, ap = _ranking_scores(y, p)
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "seed_weighted_f1": float(weighted),
+        "accuracy": float(accuracy_score(y, pred)) if y.size else NAN,
+        "auroc": auroc,
+        "ap": ap,
+        "support_negative": int(y.sum()),
+        "support_not_negative": int((y == 0).sum()),
+        "n": int(y.size),
+        "threshold": float(threshold),
+    }
+
+
+def _multiclass_indices(y_true: np.ndarray, n_classes: int) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim == 2:
+        if y.shape[1] != n_classes or not np.all(y.sum(axis=1) == 1):
+            raise ValueError("multi-class one-hot y_true must be [n, c] with exactly one 1 per row")
+        y = y.argmax(axis=1)
+    return y.astype(int).reshape(-1)
+
+
+def _confused_pairs(counts: np.ndarray, labels: Sequence[str]) -> List[Dict[str, object]]:
+    """Top off-diagonal entries of a [c, c] (true, pred) count matrix, largest first."""
+    counts = counts.copy()
+    np.fill_diagonal(counts, 0)
+    true_idx, pred_idx = np.nonzero(counts)
+    # Stable order: count descending, then label order, so reports do not flicker between runs.
+    order = sorted(zip(true_idx, pred_idx), key=lambda ij: (-counts[ij], ij[0], ij[1]))
+    return [
+        {"true": labels[i], "pred": labels[j], "count": int(counts[i, j])}
+        for i, j in order[:TOP_CONFUSED_PAIRS]
+    ]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if np.any(~np.isnan(arr)) else NAN
+
+
+def fine_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    *,
+    labels: List[str],
+    multilabel: bool,
+    thresholds: Optional[Union[float, np.ndarray]] = None,
+) -> Dict[str, object]:
+    """Fine-label metrics.
+
+    Args:
+        y_true: multi-label [n, c] 0/1; multi-class [n] int or one-hot [n, c].
+        probs: [n, c] per-label sigmoid probabilities or per-class softmax probabilities.
+        labels: [c] label names.
+        multilabel: True predicts probs >= thresholds per label; False predicts the argmax.
+        thresholds: scalar or [c] (multi-label only); None = 0.5.
+    Returns:
+        weighted_f1, macro_f1, micro_f1, samples_f1 (multi-label only; NaN for multi-class, where it
+        would equal accuracy), accuracy (exact match for multi-label), macro_ap and macro_auroc (mean
+        over labels that have positives), per_label {name: {precision, recall, f1, support, ap,
+        auroc}}, confused_pairs [{true, pred, count}] (at most 10, largest first). For multi-label a
+        pair counts rows where `true` is a missed label and `pred` a spurious one; for multi-class
+        it is the off-diagonal confusion count. zero_division = 0 everywhere, as in scikit-learn:
+        note a multi-label row with no true and no predicted label scores 0 in samples_f1, so read
+        samples_f1 on rows that carry labels (e.g. negative segments only).
+    """
+    p = np.asarray(probs, dtype=float)
+    c = len(labels)
+    if p.ndim != 2 or p.shape[1] != c:
+        raise ValueError(f"probs must be [n, {c}] for labels {labels}, got {p.shape}")
+    if multilabel:
+        y = np.asarray(y_true).astype(int)
+        if y.shape != p.shape:
+            raise ValueError(f"multi-label y_true must match probs {p.shape}, got {y.shape}")
+        cut = np.broadcast_to(np.asarray(0.5 if thresholds is None else thresholds, dtype=float), (c,))
+        pred = (p >= cut).astype(int)
+        y_ind, pred_ind = y, pred
+    else:
+        y_idx = _multiclass_indices(y_true, c)
+        if y_idx.shape[0] != p.shape[0]:
+            raise ValueError(f"y_true has {y_idx.shape[0]} rows, probs {p.shape[0]}")
+        pred_idx = p.argmax(axis=1)
+        eye = np.eye(c, dtype=int)
+        y_ind, pred_ind = eye[y_idx], eye[pred_idx]
+
+    with _quiet():
+        if multilabel:
+            avg = {k: f1_score(y, pred, average=k, zero_division=0) for k in ("weighted", "macro", "micro", "samples")}
+            accuracy = accuracy_score(y, pred)
+        else:
+            kw = dict(labels=list(range(c)), zero_division=0)
+            avg = {k: f1_score(y_idx, pred_idx, average=k, **kw) for k in ("weighted", "macro", "micro")}
+            avg["samples"] = NAN
+            accuracy = accuracy_score(y_idx, pred_idx)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_ind, pred_ind, average=None, zero_division=0
+        )
+
+    per_label: Dict[str, Dict[str, float]] = {}
+    for k, name in enumerate(labels):
+        auroc, ap = _ranking_scores(y_ind[:, k], p[:, k])
+        per_label[name] = {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+            "ap": ap,
+            "auroc": auroc,
+        }
+
+    if multilabel:
+        missed = (y == 1) & (pred == 0)  # [n, c]
+        spurious = (pred == 1) & (y == 0)  # [n, c]
+        pair_counts = missed.astype(int).T @ spurious.astype(int)  # [c, c]: a missed while b predicted
+    else:
+        pair_counts = confusion_matrix(y_idx, pred_idx, labels=list(range(c)))
+
+    return {
+        "weighted_f1": float(avg["weighted"]),
+        "macro_f1": float(avg["macro"]),
+        "micro_f1": float(avg["micro"]),
+        "samples_f1": float(avg["samples"]),
+        "accuracy": float(accuracy) if p.shape[0] else NAN,
+        "macro_ap": _nanmean([m["ap"] for m in per_label.values()]),
+        "macro_auroc": _nanmean([m["auroc"] for m in per_label.values()]),
+        "per_label": per_label,
+        "confused_pairs": _confused_pairs(pair_counts, labels),
+    }
+
+
+def _best_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Threshold maximising F1 of (p >= t) over t in {observed probabilities} ∪ {0.5}."""
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return 0.5
+    order = np.argsort(p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    distinct = np.unique(p_sorted)
+    candidates = np.unique(np.append(distinct, 0.5))
+    # For threshold t, rows with p >= t are predicted positive: the suffix from searchsorted(t, 'left').
+    start = np.searchsorted(p_sorted, candidates, side="left")
+    pos_before = np.concatenate([[0], np.cumsum(y_sorted)])  # positives among the first i rows
+    tp = n_pos - pos_before[start]
+    predicted = len(p) - start
+    f1 = 2.0 * tp / (predicted + n_pos)
+    # Ties: prefer the candidate nearest 0.5, the untuned default.
+    best = np.lexsort((np.abs(candidates - 0.5), -f1))[0]
+    t = float(candidates[best])
+    # An observed value as cut sits right on a tuning row; the midpoint to the next lower observed
+    # value makes the same predictions here and leaves a margin for unseen rows.
+    below = distinct[distinct < t]
+    if t in distinct and below.size:
+        t = float((t + below[-1]) / 2.0)
+    return t
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per-label decision thresholds that maximise F1 on the given (inner-validation) rows.
+
+    Args:
+        y_true: [n, c] 0/1.
+        probs: [n, c].
+    Returns:
+        [c] float thresholds; 0.5 for a label without positives. On these rows each label's F1 at
+        its threshold is >= its F1 at 0.5.
+    """
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(probs, dtype=float)
+    if y.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"y_true and probs must both be [n, c], got {y.shape} and {p.shape}")
+    return np.array([_best_threshold(y[:, k], p[:, k]) for k in range(y.shape[1])], dtype=float)
+
+
+def tune_binary_threshold(y_true: np.ndarray, p_neg: np.ndarray) -> float:
+    """F1-maximising threshold for the binary head; y_true [n] 0/1, p_neg [n]."""
+    y = np.asarray(y_true).astype(int).reshape(-1)
+    return _best_threshold(y, np.asarray(p_neg, dtype=float).reshape(-1))
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1, the usual across-folds spread), NaN ignored.
+
+    Returns (NaN, NaN) for no finite values and std 0.0 for a single value.
+    """
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return NAN, NAN
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size >= 2 else 0.0)
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def flatten_metrics(metrics: Dict[str, object], prefix: str = "") -> Dict[str, float]:
+    """Flatten nested dicts to dotted scalar keys ("per_label.fear.f1"); lists and strings are dropped."""
+    flat: Dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, prefix=f"{name}."))
+        elif _is_scalar(value):
+            flat[name] = float(value)
+    return flat
+
+
+def summarize_folds(per_fold: List[Dict[str, float]]) -> Dict[str, Dict[str, object]]:
+    """Mean ± std across folds for every scalar metric (use flatten_metrics first for nested dicts).
+
+    Args:
+        per_fold: one flat dict per fold; non-scalar values are skipped, a key missing in a fold
+            counts as NaN there.
+    Returns:
+        {name: {"mean", "std", "folds": [value per fold]}} in first-seen key order.
+    """
+    names: List[str] = []
+    for fold in per_fold:
+        names.extend(k for k, v in fold.items() if _is_scalar(v) and k not in names)
+    summary: Dict[str, Dict[str, object]] = {}
+    for name in names:
+        values = [float(fold[name]) if _is_scalar(fold.get(name)) else NAN for fold in per_fold]
+        mean, std = mean_std(values)
+        summary[name] = {"mean": mean, "std": std, "folds": values}
+    return summary
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
+    """Same-fold paired comparison of arm b against reference arm a.
+
+    Folds where either value is NaN are dropped. The t-test needs n >= 2 and non-constant
+    differences; the Wilcoxon signed-rank test needs n >= 2 and a non-zero difference (exact
+    distribution for small n: with 5 folds its smallest two-sided p is 0.0625). Otherwise NaN.
+
+    Args:
+        a: [folds] reference metric per fold.
+        b: [folds] compared metric, same fold order.
+    Returns:
+        n, mean_a, mean_b, mean_diff (b - a), std_diff (ddof = 1), t_stat, p_ttest, p_wilcoxon.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired_test needs two equally long lists, got {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    diff = y - x
+    n = int(diff.size)
+    out = {
+        "n": n,
+        "mean_a": float(x.mean()) if n else NAN,
+        "mean_b": float(y.mean()) if n else NAN,
+        "mean_diff": float(diff.mean()) if n else NAN,
+        "std_diff": float(diff.std(ddof=1)) if n >= 2 else NAN,
+        "t_stat": NAN,
+        "p_ttest": NAN,
+        "p_wilcoxon": NAN,
+    }
+    with _quiet():
+        warnings.simplefilter("ignore", UserWarning)  # scipy's small-sample notes; n is reported
+        if n >= 2 and np.ptp(diff) > 0:
+            t = stats.ttest_rel(y, x)
+            out["t_stat"], out["p_ttest"] = float(t.statistic), float(t.pvalue)
+        if n >= 2 and np.any(diff != 0):
+            out["p_wilcoxon"] = float(stats.wilcoxon(y, x).pvalue)
+    return out
+
+
+def paired_bootstrap(
+    y_true: np.ndarray,
+    p_a: np.ndarray,
+    p_b: np.ndarray,
+    groups: Sequence[str],
+    *,
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Dict[str, float]:
+    """Caller-level paired bootstrap of metric(b) - metric(a) on the same rows.
+
+    Callers (groups) are resampled with replacement and keep all their rows, so the interval
+    reflects between-caller variation rather than treating a caller's segments as independent.
+
+    Args:
+        y_true: [n] or [n, c] targets.
+        p_a, p_b: [n] or [n, c] scores of the two arms for the same rows.
+        groups: [n] caller id per row.
+        metric_fn: (y_true, scores) -> float, e.g. ``lambda y, p: binary_metrics(y, p)["f1"]``.
+        n_boot: bootstrap replicates.
+        seed: RNG seed.
+    Returns:
+        metric_a, metric_b, diff (on all rows), ci_low / ci_high (95% percentile interval), p
+        (two-sided, share of replicates on the other side of 0, with +1 smoothing), n_boot
+        (replicates with a defined metric), n_groups.
+    """
+    y, a, b = np.asarray(y_true), np.asarray(p_a), np.asarray(p_b)
+    g = np.asarray(groups)
+    if not (len(y) == len(a) == len(b) == len(g)):
+        raise ValueError(f"row counts differ: y_true {len(y)}, p_a {len(a)}, p_b {len(b)}, groups {len(g)}")
+    _, group_of_row = np.unique(g, return_inverse=True)
+    rows_of_group = [np.flatnonzero(group_of_row == k) for k in range(group_of_row.max() + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    with _quiet():
+        metric_a, metric_b = float(metric_fn(y, a)), float(metric_fn(y, b))
+        for i in range(n_boot):
+            picked = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
+            idx = np.concatenate([rows_of_group[k] for k in picked])
+            diffs[i] = metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx])
+    diffs = diffs[~np.isnan(diffs)]
+    if diffs.size == 0:
+        low = high = p = NAN
+    else:
+        low, high = (float(q) for q in np.percentile(diffs, [2.5, 97.5]))
+        tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
+        p = float(min(1.0, 2.0 * (tail + 1) / (diffs.size + 1)))
+    return {
+        "metric_a": metric_a,
+        "metric_b": metric_b,
+        "diff": metric_b - metric_a,
+        "ci_low": low,
+        "ci_high": high,
+        "p": p,
+        "n_boot": int(diffs.size),
+        "n_groups": len(rows_of_group),
+    }
+

@@ -1,0 +1,151 @@
+"""The context stage: a transformer over the segment embeddings of one call.
+
+Legend: b = calls in a batch, s = segments of a call, d = model width, h = attention heads.
+
+Three arms share one module so the ablation measures context and nothing else:
+- `identity`  (isolated): each segment attends only to itself. The blocks, widths and heads are
+  the same as the contextual arm, so parameter count is equal; no position/time/role input.
+- `call_norm`: like identity, but each segment also sees itself relative to the mean of its
+  call's segments of the same role (a running mean when causal) - the caller's own baseline.
+- `transformer`: full attention over the call (or causal), plus position, timing and role.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+CONTEXT_KINDS = ("identity", "call_norm", "transformer")
+NUM_ROLES = 2  # 0 = caller, 1 = operator
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """[...] float positions -> [..., dim] sin/cos features (no length limit, unlike a lookup)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / max(half, 1))
+    angles = positions.float()[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, *, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"context.d_model={d_model} must be divisible by context.heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, attend_mask: torch.Tensor) -> torch.Tensor:
+        """x [b, s, d]; attend_mask [b, s(query), s(key)] bool, True = may attend."""
+        q, k, v = rearrange(self.qkv(x), "b s (three h e) -> three b h s e", three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend_mask[:, None], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(rearrange(y, "b h s e -> b s (h e)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (attention, then a 4x MLP), as in nanoGPT."""
+
+    def __init__(self, *, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model=d_model, heads=heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attend_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), attend_mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def call_mean_offsets(x: torch.Tensor, *, seg_mask: torch.Tensor, role: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Each segment minus the mean of its call's valid segments of the same role.
+
+    Args:
+        x: [b, s, d] embeddings; seg_mask: [b, s] bool valid; role: [b, s] long.
+        causal: use the running mean over segments up to and including this one (live use).
+    Returns:
+        [b, s, d] offsets from the (running) call mean.
+    """
+    out = torch.zeros_like(x)
+    for role_id in range(NUM_ROLES):
+        member = (seg_mask & (role == role_id)).to(x.dtype)[..., None]  # [b, s, 1]
+        if causal:
+            total = torch.cumsum(x * member, dim=1)
+            count = torch.cumsum(member, dim=1)
+        else:
+            total = (x * member).sum(dim=1, keepdim=True)
+            count = member.sum(dim=1, keepdim=True)
+        mean = total / count.clamp(min=1.0)
+        out = out + member * (x - mean)
+    return out
+
+
+def attention_rule(*, kind: str, seg_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[b, s, s] bool: which key segments each query segment may attend to."""
+    b, s = seg_mask.shape
+    eye = torch.eye(s, dtype=torch.bool, device=seg_mask.device)[None].expand(b, s, s)
+    if kind != "transformer":
+        return eye  # isolated and call_norm arms: no mixing across segments
+    allowed = seg_mask[:, None, :].expand(b, s, s)
+    if causal:
+        allowed = allowed & torch.tril(torch.ones(s, s, dtype=torch.bool, device=seg_mask.device))
+    # A padded query has no valid key; letting it see itself avoids NaN (its output is ignored).
+    return allowed | eye
+
+
+class ContextModel(nn.Module):
+    """Segment embeddings of calls -> contextualised segment states.
+
+    forward(x [b, s, d_in], seg_mask [b, s], role [b, s], position [b, s], time_feats [b, s, 2])
+      -> [b, s, d_model]
+    """
+
+    def __init__(self, *, d_in: int, kind: str = "transformer", d_model: int = 64, depth: int = 2,
+                 heads: int = 4, dropout: float = 0.1, causal: bool = False, use_time: bool = True):
+        super().__init__()
+        if kind not in CONTEXT_KINDS:
+            raise ValueError(f"context kind {kind!r} not in {CONTEXT_KINDS}")
+        self.kind, self.causal, self.use_time, self.d_model = kind, causal, use_time, d_model
+        # Inputs are standardised per feature with training-fold statistics (set_feature_stats).
+        # No LayerNorm here: normalising across a segment's features would erase its overall level.
+        self.register_buffer("feat_mean", torch.zeros(d_in))
+        self.register_buffer("feat_std", torch.ones(d_in))
+        # call_norm sees [x, x - call mean]: the absolute embedding and its offset from the baseline.
+        self.in_proj = nn.Linear(d_in * (2 if kind == "call_norm" else 1), d_model)
+        self.role_emb = nn.Embedding(NUM_ROLES, d_model)
+        self.time_proj = nn.Linear(2, d_model)
+        self.in_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d_model=d_model, heads=heads, dropout=dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(d_model)
+
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with statistics of the training fold (never of the test fold)."""
+        with torch.no_grad():
+            self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.feat_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-6))
+
+    def forward(self, x: torch.Tensor, *, seg_mask: torch.Tensor, role: torch.Tensor,
+                position: torch.Tensor, time_feats: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = (x - self.feat_mean) / self.feat_std
+        if self.kind == "call_norm":
+            x = torch.cat([x, call_mean_offsets(x, seg_mask=seg_mask, role=role, causal=self.causal)], dim=-1)
+        h = self.in_proj(x)
+        if self.kind == "transformer":
+            # Order, timing and who speaks are context: only the contextual arm receives them.
+            h = h + sinusoidal(position, self.d_model) + self.role_emb(role)
+            if self.use_time and time_feats is not None:
+                h = h + self.time_proj(time_feats)
+        h = self.in_drop(h)
+        attend = attention_rule(kind=self.kind, seg_mask=seg_mask, causal=self.causal)
+        for block in self.blocks:
+            h = block(h, attend)
+        return self.norm(h)

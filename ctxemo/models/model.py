@@ -1,0 +1,135 @@
+"""CallModel: segment embeddings of calls -> context stage -> binary and fine logits per segment.
+
+Legend: b = calls, s = segments, w = segments per window, d = features, c = fine labels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from ctxemo.models.context import ContextModel
+from ctxemo.models.heads import BinaryHead, FineHead, binary_logit_from_fine
+
+
+class SegmentLogits(NamedTuple):
+    binary: torch.Tensor  # [b, s]
+    fine: torch.Tensor  # [b, s, c]
+
+
+class CallInputs(NamedTuple):
+    """What the context stage sees of a batch of calls (padded to the longest call)."""
+
+    feats: torch.Tensor  # [b, s, d] float
+    seg_mask: torch.Tensor  # [b, s] bool, True = real segment
+    role: torch.Tensor  # [b, s] long, 0 = caller, 1 = operator
+    position: torch.Tensor  # [b, s] long, index of the segment in its call
+    time_feats: torch.Tensor  # [b, s, 2] float: log1p(gap since previous segment s), log1p(duration s)
+
+
+class CallModel(nn.Module):
+    """Context stage + heads over precomputed (or freshly encoded) segment embeddings."""
+
+    def __init__(self, *, d_in: int, num_labels: int, negative_mask: torch.Tensor, multilabel: bool,
+                 context_kind: str = "transformer", d_model: int = 64, depth: int = 2, heads: int = 4,
+                 dropout: float = 0.1, causal: bool = False, use_time: bool = True,
+                 binary_from: str = "head", head_dropout: float = 0.1):
+        super().__init__()
+        self.context = ContextModel(d_in=d_in, kind=context_kind, d_model=d_model, depth=depth, heads=heads,
+                                    dropout=dropout, causal=causal, use_time=use_time)
+        self.binary_head = BinaryHead(d_model=d_model, dropout=head_dropout)
+        self.fine_head = FineHead(d_model=d_model, num_labels=num_labels, dropout=head_dropout)
+        self.register_buffer("negative_mask", negative_mask.bool(), persistent=False)
+        self.multilabel, self.binary_from = multilabel, binary_from
+
+    @property
+    def causal(self) -> bool:
+        return self.context.causal
+
+    def forward(self, inputs: CallInputs) -> SegmentLogits:
+        h = self.context(inputs.feats, seg_mask=inputs.seg_mask, role=inputs.role,
+                         position=inputs.position, time_feats=inputs.time_feats)
+        fine = self.fine_head(h)
+        if self.binary_from == "fine":
+            binary = binary_logit_from_fine(fine, negative_mask=self.negative_mask, multilabel=self.multilabel)
+        else:
+            binary = self.binary_head(h)
+        return SegmentLogits(binary=binary, fine=fine)
+
+
+# ----------------------------------------------------------------------------- long calls
+
+def _take(inputs: CallInputs, index: torch.Tensor, valid: torch.Tensor) -> CallInputs:
+    """Gather windows: index [b, n, w] segment indices (valid [b, n, w]) -> inputs of b*n windows."""
+    b, n, w = index.shape
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        flat_index = index.reshape(b, n * w)
+        if t.dim() == 2:
+            out = torch.gather(t, 1, flat_index)
+        else:
+            out = torch.gather(t, 1, flat_index[..., None].expand(-1, -1, t.shape[-1]))
+        return out.reshape(b * n, w, *t.shape[2:])
+
+    seg_mask = gather(inputs.seg_mask) & valid.reshape(b * n, w)
+    return CallInputs(feats=gather(inputs.feats), seg_mask=seg_mask, role=gather(inputs.role),
+                      position=gather(inputs.position), time_feats=gather(inputs.time_feats))
+
+
+def forward_windowed(model: CallModel, inputs: CallInputs, *, window: int, overlap: int = 0) -> SegmentLogits:
+    """Run the model on windows of a long call and stitch the per-segment outputs.
+
+    Causal models: segment i is scored from the window of the `window` segments ending at i (what a
+    live session sees), so offline and live scoring agree exactly.
+    Bidirectional models: windows of `window` segments every `window - overlap`; each segment takes
+    its output from the window where it lies farthest from an edge. Absolute positions are kept.
+    With window == 0 or calls no longer than `window`, this is the plain forward pass.
+    """
+    b, s = inputs.seg_mask.shape
+    if window <= 0 or s <= window:
+        return model(inputs)
+    device = inputs.feats.device
+    offsets = torch.arange(window, device=device)
+    if model.causal:
+        ends = torch.arange(s, device=device)  # one window per segment, ending at it
+        index = ends[:, None] - (window - 1) + offsets[None, :]  # [s, w]
+        valid = index >= 0
+        index = index.clamp(min=0)
+        out = model(_take(inputs, index[None].expand(b, -1, -1), valid[None].expand(b, -1, -1)))
+        binary = out.binary.reshape(b, s, window)[..., -1]
+        fine = out.fine.reshape(b, s, window, -1)[:, :, -1]
+        return SegmentLogits(binary=binary, fine=fine)
+    stride = window - overlap
+    starts = list(range(0, s - window, stride)) + [s - window]
+    starts_t = torch.tensor(starts, device=device)
+    index = starts_t[:, None] + offsets[None, :]  # [n, w]
+    n = len(starts)
+    out = model(_take(inputs, index[None].expand(b, -1, -1), torch.ones(b, n, window, dtype=torch.bool, device=device)))
+    # For segment i in window j: distance to the nearer window edge; pick the window maximising it.
+    seg = torch.arange(s, device=device)
+    rel = seg[None, :] - starts_t[:, None]  # [n, s]
+    inside = (rel >= 0) & (rel < window)
+    margin = torch.where(inside, torch.minimum(rel, window - 1 - rel), torch.full_like(rel, -1))
+    best = margin.argmax(dim=0)  # [s]
+    pos = rel[best, seg]  # position of segment i inside its chosen window
+    binary = out.binary.reshape(b, n, window)[:, best, pos]
+    fine = out.fine.reshape(b, n, window, -1)[:, best, pos]
+    return SegmentLogits(binary=binary, fine=fine)
+
+
+def build_call_model(cfg, *, d_in: int, taxonomy, fine_bias: Optional[torch.Tensor] = None,
+                     train_feats: Optional[torch.Tensor] = None) -> CallModel:
+    """The one place that maps config -> CallModel (modules never see the whole config)."""
+    model = CallModel(
+        d_in=d_in, num_labels=taxonomy.num_labels,
+        negative_mask=torch.as_tensor(taxonomy.negative_mask), multilabel=taxonomy.multilabel,
+        context_kind=cfg.context.kind, d_model=cfg.context.d_model, depth=cfg.context.depth,
+        heads=cfg.context.heads, dropout=cfg.context.dropout, causal=cfg.context.causal,
+        use_time=cfg.context.use_time, binary_from=cfg.head.binary_from, head_dropout=cfg.head.dropout,
+    )
+    model.fine_head.init_bias(fine_bias)
+    if train_feats is not None:  # [n, d] training-fold segment features
+        train_feats = torch.as_tensor(train_feats, dtype=torch.float32)
+        model.context.set_feature_stats(train_feats.mean(0), train_feats.std(0))
+    return model

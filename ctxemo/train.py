@@ -1,0 +1,209 @@
+"""The training engine: AdamW, warmup + cosine, clipping, accumulation, early stopping on an
+inner-validation metric, an atomic checkpoint every epoch, and `resume` that ends where an
+uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ctxemo.data.datasets import CallItem, iterate_batches
+from ctxemo.errors import CtxemoError
+from ctxemo.io import atomic_path
+from ctxemo.models.model import CallModel
+from ctxemo.objective import Objective
+from ctxemo.scoring import SegmentScores, score_items
+from ctxemo.taxonomy import Taxonomy
+
+# Metrics where larger is better; "loss" is the one exception.
+LOWER_IS_BETTER = {"loss"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CtxemoError("config key 'train.device' = 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def validation_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, loss: float) -> Dict[str, float]:
+    """Metrics for early stopping, computed every epoch on the inner validation calls.
+
+    `score` = mean of binary average precision and fine macro average precision: threshold-free
+    (thresholds are tuned only after training) and cheap enough to run every epoch.
+    """
+    out = {"loss": loss, "binary_ap": _average_precision(scores.negative, scores.p_negative)}
+    fine_ap = [_average_precision(scores.fine[:, j], scores.p_fine[:, j]) for j in range(scores.fine.shape[1])]
+    out["fine_macro_ap"] = float(np.nanmean(fine_ap)) if np.isfinite(fine_ap).any() else float("nan")
+    out["score"] = float(np.nanmean([out["binary_ap"], out["fine_macro_ap"]]))
+    if not np.isfinite(out["score"]):
+        out["score"] = 0.0
+    return out
+
+
+def _average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision (area under the step PR curve); NaN when there is no positive."""
+    y = np.asarray(y) > 0
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(p), kind="stable")
+    hits = y[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_frac)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_metrics: Dict[str, float]
+    history: List[Dict[str, float]] = field(default_factory=list)
+    state_dict: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _is_better(value: float, best: Optional[float], metric: str) -> bool:
+    if best is None:
+        return True
+    if not np.isfinite(value):
+        return False
+    return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def parameter_groups(model: torch.nn.Module, *, lr: float, encoder_lr: float, weight_decay: float) -> List[dict]:
+    """Encoder adapters learn slowly (encoder_lr), the context stage and heads at `lr`.
+    Norms and biases get no weight decay."""
+    groups: Dict[tuple, List[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_encoder = name.startswith("encoder.")
+        no_decay = param.dim() < 2
+        groups.setdefault((is_encoder, no_decay), []).append(param)
+    return [{"params": params, "lr": encoder_lr if enc else lr, "weight_decay": 0.0 if nd else weight_decay}
+            for (enc, nd), params in groups.items()]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    # weights_only: a checkpoint is data, never code; a tampered pickle is refused.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CtxemoError(f"cannot load checkpoint {path} safely: {exc}") from None
+
+
+def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequence[CallItem], objective: Objective,
+        taxonomy: Taxonomy, cfg_train, seed: int, window: int = 0, window_overlap: int = 0,
+        checkpoint_path: Optional[Path] = None, resume: bool = False, progress: bool = True,
+        desc: str = "train") -> TrainResult:
+    """Train `model` on whole calls; keep the state that scored best on the inner validation calls.
+
+    Args:
+        train_items / val_items: calls of the training callers, split by caller (never the test fold).
+        cfg_train: a TrainConfig node.
+        seed: seeds batch order and dropout; same seed + data -> identical result on CPU.
+        checkpoint_path: written atomically after every epoch; with `resume`, training continues from it.
+    Returns:
+        TrainResult with the best state (already loaded into `model`) and the per-epoch history.
+    """
+    device = resolve_device(cfg_train.device)
+    model.to(device)
+    objective.to(device)
+    metric = cfg_train.early_stop_metric
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=cfg_train.lr, encoder_lr=cfg_train.encoder_lr,
+                                                   weight_decay=cfg_train.weight_decay))
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg_train.batch_calls) / cfg_train.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps_per_epoch * cfg_train.epochs, cfg_train.warmup_frac))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    start_epoch, best, best_epoch, stale = 0, None, -1, 0
+    history: List[Dict[str, float]] = []
+    best_state = copy.deepcopy(model.state_dict())
+    best_metrics: Dict[str, float] = {}
+
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ckpt = _load_checkpoint(Path(checkpoint_path))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_epoch, best, best_epoch, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
+        history, best_state, best_metrics = ckpt["history"], ckpt["best_state"], ckpt["best_metrics"]
+
+    bar = tqdm(range(start_epoch, cfg_train.epochs), desc=desc, disable=not progress, leave=False,
+               initial=start_epoch, total=cfg_train.epochs)
+    for epoch in bar:
+        if stale >= cfg_train.patience:
+            break
+        model.train()
+        total, batches = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(iterate_batches(train_items, batch_calls=cfg_train.batch_calls, shuffle=True,
+                                                  generator=generator, device=device)):
+            with autocast(device):
+                loss = objective(model(batch.inputs), batch)
+            (loss / cfg_train.grad_accum).backward()
+            total, batches = total + loss.item(), batches + 1
+            if (i + 1) % cfg_train.grad_accum == 0:
+                _step(model, optimizer, scheduler, cfg_train.grad_clip)
+        if batches % cfg_train.grad_accum:
+            _step(model, optimizer, scheduler, cfg_train.grad_clip)
+        scores, val_loss = score_items(model, val_items, window=window, overlap=window_overlap,
+                                       batch_calls=cfg_train.batch_calls, device=device, objective=objective)
+        metrics = validation_metrics(scores, taxonomy=taxonomy, loss=val_loss)
+        metrics.update(epoch=epoch, train_loss=total / max(batches, 1))
+        history.append(metrics)
+        if _is_better(metrics[metric], best, metric):
+            best, best_epoch, stale = metrics[metric], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_metrics = dict(metrics)
+        else:
+            stale += 1
+        bar.set_postfix({"train_loss": f"{metrics['train_loss']:.3f}", f"val_{metric}": f"{metrics[metric]:.3f}"})
+        if checkpoint_path is not None:
+            _save_checkpoint(Path(checkpoint_path), {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                "stale": stale, "history": history, "best_state": best_state, "best_metrics": best_metrics,
+            })
+    model.load_state_dict(best_state)
+    return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, state_dict=best_state)
+
+
+def _step(model, optimizer, scheduler, grad_clip: float) -> None:
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower here and changes results)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -1,0 +1,48 @@
+import pytest
+
+from ctxemo.config import load_config, to_yaml
+from ctxemo.errors import ConfigError
+
+
+def test_defaults_and_override():
+    cfg = load_config(overrides=["train.epochs=3", "context.kind=identity"])
+    assert cfg.train.epochs == 3 and cfg.context.kind == "identity"
+    assert len(cfg.taxonomy.labels) == 11 and cfg.taxonomy.labels[0] == "despair"
+
+
+def test_misspelled_key_names_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.epochz=3"])
+    assert "train.epochz" in str(err.value) and "epochs" in str(err.value)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(overrides=["train.epochs=many"])
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["context.kind=lstm"])
+    assert "identity" in str(err.value) and "transformer" in str(err.value)
+
+
+def test_yaml_defaults_chain_and_unknown_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.01\n")
+    (tmp_path / "arm.yaml").write_text("defaults: [base.yaml]\ntrain:\n  epochs: 2\n")
+    cfg = load_config([tmp_path / "arm.yaml"])
+    assert cfg.train.epochs == 2 and cfg.train.lr == 0.01
+    (tmp_path / "bad.yaml").write_text("trian:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*trian"):
+        load_config([tmp_path / "bad.yaml"])
+
+
+def test_round_trip_yaml(tmp_path):
+    cfg = load_config(overrides=["seed=5"])
+    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
+    assert load_config([tmp_path / "c.yaml"]) == cfg
+
+
+def test_negative_labels_must_exist():
+    with pytest.raises(ConfigError, match="negative_labels"):
+        load_config(overrides=["taxonomy.negative_labels=[joy]"])

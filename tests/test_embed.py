@@ -1,0 +1,180 @@
+"""Embedding cache: reuse without recomputation, recompute exactly what changed, resume after an
+interruption, seeded random init, and checks on precomputed feature files."""
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import ctxemo.embed as embed
+from ctxemo.config import load_config
+from ctxemo.embed import AudioSpec, embed_manifest, encoder_fingerprint, length_buckets, load_features
+from ctxemo.errors import AudioError, ManifestError
+from ctxemo.models.encoders import SegmentEncoder
+from ctxemo.models.frontend import pad_waves
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Five one-turn files (0.2-1.0 s) and one two-channel 'call' cropped into three segments."""
+    rng = np.random.default_rng(0)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rows = []
+    for i, sec in enumerate((0.2, 1.0, 0.5, 0.7, 0.3)):
+        path = audio / f"turn{i}.wav"
+        sf.write(path, (0.2 * rng.standard_normal(int(sec * SR))).astype(np.float32), SR)
+        rows.append(AudioSpec(path))
+    call = audio / "call.wav"
+    sf.write(call, (0.2 * rng.standard_normal((int(1.5 * SR), 2))).astype(np.float32), SR)
+    rows += [AudioSpec(call, 0.0, 0.4), (call, 0.4, 1.1), {"path": call, "start_sec": 1.1, "end_sec": None}]
+    return rows
+
+
+def config(*overrides):
+    return load_config(overrides=["encoder.family=wav2vec2", "encoder.batch_size=3", "encoder.max_batch_sec=2.0",
+                                  "data.channel=0", *overrides])
+
+
+@pytest.fixture
+def count_rows(monkeypatch):
+    """Counts segments that go through SegmentEncoder.forward."""
+    counter = {"rows": 0}
+    original = SegmentEncoder.forward
+
+    def counting(self, waves, wave_lens):
+        counter["rows"] += len(wave_lens)
+        return original(self, waves, wave_lens)
+
+    monkeypatch.setattr(SegmentEncoder, "forward", counting)
+    return counter
+
+
+def test_first_run_matches_the_encoder_and_second_run_reuses(corpus, tmp_path, count_rows, monkeypatch):
+    cfg = config()
+    first = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    assert first.shape == (8, 32) and first.dtype == np.float32 and count_rows["rows"] == 8
+    # Row i is the encoder applied to row i's audio alone (bucketing and padding change nothing).
+    enc = embed._build_encoder(cfg)
+    wave = sf.read(corpus[6][0], start=int(0.4 * SR), stop=int(1.1 * SR), dtype="float32")[0][:, 0]
+    with torch.no_grad():
+        direct = enc(*pad_waves([wave])).numpy()
+    np.testing.assert_allclose(first[6], direct[0], atol=1e-5)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(SegmentEncoder, "from_config", no_build)
+    count_rows["rows"] = 0
+    again = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(again, first)
+    assert count_rows["rows"] == 0
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} >= {"embeddings.npy", "embeddings.json"}
+    assert not list(folders[0].glob("partial/shard-*.npy"))  # partial shards are cleaned up
+
+
+def test_changed_audio_file_recomputes_its_rows_only(corpus, tmp_path, count_rows):
+    cfg = config()
+    before = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    path = corpus[2].path
+    sf.write(path, np.zeros(int(0.5 * SR), dtype=np.float32) + 0.1, SR)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # a distinct mtime even on coarse file systems
+    count_rows["rows"] = 0
+    after = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    assert count_rows["rows"] == 1
+    assert np.abs(after[2] - before[2]).max() > 1e-3
+    np.testing.assert_array_equal(np.delete(after, 2, axis=0), np.delete(before, 2, axis=0))
+
+
+def test_changed_encoder_config_gets_its_own_cache(corpus, tmp_path, count_rows):
+    embed_manifest(config(), corpus, cache_dir=tmp_path / "cache", progress=False)
+    other = embed_manifest(config("encoder.layers=last"), corpus, cache_dir=tmp_path / "cache", progress=False)
+    assert count_rows["rows"] == 16 and other.shape == (8, 32)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(corpus, tmp_path, count_rows):
+    cfg = config()
+
+    def crash_after_two(shards_done):
+        if shards_done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False, shard_rows=3,
+                       on_shard_done=crash_after_two)
+    assert count_rows["rows"] == 6
+    assert len(list((tmp_path / "cache").glob("*/partial/shard-*.npy"))) == 2
+    resumed = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False, shard_rows=3)
+    assert count_rows["rows"] == 8  # only the last shard (2 rows) was encoded
+    straight = embed_manifest(cfg, corpus, cache_dir=tmp_path / "other", progress=False)
+    np.testing.assert_allclose(resumed, straight, atol=1e-5)
+
+
+def test_random_init_is_seeded(corpus, tmp_path):
+    a = embed_manifest(config(), corpus[:3], cache_dir=tmp_path / "a", progress=False)
+    b = embed_manifest(config(), corpus[:3], cache_dir=tmp_path / "b", progress=False)
+    c = embed_manifest(config("seed=1"), corpus[:3], cache_dir=tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_local_weights_enter_the_fingerprint(tmp_path):
+    torch.manual_seed(0)
+    enc = SegmentEncoder.from_config(config().encoder, sample_rate=SR)
+    enc.upstream.model.save_pretrained(tmp_path / "model")
+    cfg = config(f"encoder.source={tmp_path / 'model'}")
+    fp, description = encoder_fingerprint(cfg)
+    assert description["weights"]["kind"] == "local" and description["model_config"] is None
+    weights = tmp_path / "model" / "model.safetensors"
+    os.utime(weights, ns=(2_000_000_000, 2_000_000_000))
+    assert encoder_fingerprint(cfg)[0] != fp
+    # A fine-tuned encoder passed in is identified by its trained tensors.
+    with torch.no_grad():
+        enc.layer_weights.add_(1.0)
+    assert encoder_fingerprint(config(), encoder=enc)[0] != encoder_fingerprint(config())[0]
+
+
+def test_missing_audio_is_named(tmp_path):
+    with pytest.raises(AudioError, match="nope.wav"):
+        embed_manifest(config(), [AudioSpec(tmp_path / "nope.wav")], cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_length_buckets_respect_both_caps():
+    durations = [1.0, 14.0, 1.1, 0.9, 3.0, 2.5, 16.0, 1.05]
+    batches = length_buckets(durations, batch_size=3, max_batch_sec=8.0, max_padding_frac=0.25)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    for batch in batches:
+        longest, real = max(durations[i] for i in batch), sum(durations[i] for i in batch)
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= min(8.0, 1.25 * real))
+    assert batches[0] == [3, 0, 7]  # shortest first
+    assert batches[1:] == [[2], [5, 4], [1], [6]]  # 1.1 s + 2.5 s would pad too much; 14 s + 16 s too long
+
+
+def test_load_features_validates_and_names_the_file(tmp_path):
+    good = tmp_path / "feats.npy"
+    np.save(good, np.ones((4, 3), dtype=np.float32))
+    assert load_features(good, 4).shape == (4, 3)
+    np.save(tmp_path / "f64.npy", np.ones((4, 3)))
+    bad = np.ones((4, 3), dtype=np.float32)
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "flat.npy", np.ones(4, dtype=np.float32))
+    cases = [("f64.npy", 4, "float32"), ("nan.npy", 4, r"row\(s\) \[2\]"), ("flat.npy", 4, "2-D"),
+             ("feats.npy", 5, "5 rows"), ("absent.npy", 4, "not found")]
+    for name, rows, message in cases:
+        with pytest.raises(ManifestError, match=message) as info:
+            load_features(tmp_path / name, rows)
+        assert name in str(info.value)
