@@ -73,7 +73,14 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
 
     # Both ways get the same seeded random weights, built before the clock starts.
     encoder = _build_encoder(cfg)
+    # Transformer frames processed, padding included: a load-independent measure of the work done.
+    frames = {"n": 0}
+
+    def count(module, args, output):
+        frames["n"] += output[0][-1].shape[0] * output[0][-1].shape[1]
+
     if job["way"] == "ours":
+        encoder.upstream.register_forward_hook(count)
         rows = [(p, None, None) for p in paths]
         start = time.perf_counter()
         feats = embed_manifest(cfg, rows, cache_dir=job["cache"], progress=False, encoder=encoder)
@@ -81,7 +88,8 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
         start = time.perf_counter()
         embed_manifest(cfg, rows, cache_dir=job["cache"], progress=False, encoder=encoder)
         second = time.perf_counter() - start
-        return {"seconds": first, "cached_seconds": second, "peak_rss_mb": _peak_rss_mb(), "feats": feats.tolist()}
+        return {"seconds": first, "cached_seconds": second, "peak_rss_mb": _peak_rss_mb(), "feats": feats.tolist(),
+                "frames": frames["n"]}
 
     from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
@@ -98,8 +106,10 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
                 values = Wav2Vec2FeatureExtractor(do_normalize=True)(wave, sampling_rate=SR,
                                                                      return_tensors="pt")["input_values"]
                 hidden = model(values).last_hidden_state
+            frames["n"] += hidden.shape[1]
             out.append(hidden.mean(dim=1)[0].numpy())
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "feats": np.stack(out).tolist()}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "feats": np.stack(out).tolist(),
+            "frames": frames["n"]}
 
 
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -137,11 +147,12 @@ def main() -> None:
             summary[family] = dict(seed_seg_per_s=args.count / seed["seconds"], ours_seg_per_s=args.count / ours["seconds"],
                                    ratio=ratio, cached_seconds=ours["cached_seconds"],
                                    seed_peak_rss_mb=seed["peak_rss_mb"], ours_peak_rss_mb=ours["peak_rss_mb"],
-                                   max_abs_diff=diff)
+                                   max_abs_diff=diff, seed_frames=seed["frames"], ours_frames=ours["frames"])
             print(f"{family:9s} seed way {args.count / seed['seconds']:6.2f} seg/s ({seed['seconds']:6.1f} s, "
                   f"peak RSS {seed['peak_rss_mb']:5.0f} MB) | ours {args.count / ours['seconds']:6.2f} seg/s "
                   f"({ours['seconds']:6.1f} s, peak RSS {ours['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.1f}x | "
-                  f"cache hit {ours['cached_seconds'] * 1000:.0f} ms | max |seed - ours| {diff:.1e}")
+                  f"cache hit {ours['cached_seconds'] * 1000:.0f} ms | transformer frames {seed['frames']} vs "
+                  f"{ours['frames']} ({seed['frames'] / ours['frames']:.1f}x) | max |seed - ours| {diff:.1e}")
         print(json.dumps(summary))
 
 

@@ -16,6 +16,7 @@ from ctxemo.experiment import HEADLINE, CorpusData, load_corpus, run_cv
 from ctxemo.io import write_json, write_text
 from ctxemo.metrics import paired_test
 from ctxemo.report import comparison_markdown, print_comparison, write_csv
+from ctxemo.report_run import finish_comparison
 from ctxemo.runinfo import start_run
 
 
@@ -54,7 +55,8 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
         arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm")
         log(f"[ablate] arm {arm!r}: {' '.join(overrides) or '(base config)'}")
         summaries[arm] = run_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path, progress=progress)
-    return write_comparison(run_dir, summaries, reference=reference, log=log)
+    result = write_comparison(run_dir, summaries, reference=reference, log=log)
+    return finish_comparison(run_dir, result, log=log)
 
 
 def write_comparison(run_dir: Path, summaries: Dict[str, Dict], *, reference: str, log=print,

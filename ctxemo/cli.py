@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
 
@@ -161,13 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="score as if the call arrived segment by segment")
     p.add_argument("--channels", default=None, help="channel->role map for stereo calls, e.g. caller,operator")
     p.add_argument("--plot", action="store_true", help="write a p_negative trajectory PNG per call")
+    p.add_argument("--features", help="float32 .npy [N, D] aligned to a manifest input (skips the encoder)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `ctxemo cv cfg.yaml --out X key=val`: overrides after an option arrive as extras.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except CtxemoError as exc:

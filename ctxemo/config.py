@@ -176,7 +176,8 @@ def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> Co
         valid = _valid_keys(schema, key)
         return ConfigError(f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}")
     if isinstance(exc, ValidationError):
-        return ConfigError(f"{source}: bad value for '{key}': {exc.msg if hasattr(exc, 'msg') else exc}")
+        message = str(getattr(exc, "msg", exc)).splitlines()[0]
+        return ConfigError(f"{source}: bad value for '{key}': {message}")
     return ConfigError(f"{source}: {exc}")
 
 
@@ -245,13 +246,18 @@ def load_config(
     return cfg
 
 
-def _read_yaml_with_parents(path: Path, _seen: Optional[set] = None) -> List[tuple]:
-    """[(source, content)] for `path`'s `defaults:` parents (depth first) then `path` itself."""
-    seen = _seen if _seen is not None else set()
+def _read_yaml_with_parents(path: Path, _ancestors: tuple = (), _merged: Optional[set] = None) -> List[tuple]:
+    """[(source, content)] for `path`'s `defaults:` parents (depth first) then `path` itself.
+
+    A parent reached twice (a diamond: a.yaml and b.yaml both on base.yaml) is merged once, first;
+    merging it again would overwrite what a.yaml changed. A true cycle is an error.
+    """
+    merged = _merged if _merged is not None else set()
     resolved = path.resolve()
-    if resolved in seen:
+    if resolved in _ancestors:
         raise ConfigError(f"{path}: circular 'defaults' chain")
-    seen.add(resolved)
+    if resolved in merged:
+        return []
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -265,7 +271,8 @@ def _read_yaml_with_parents(path: Path, _seen: Optional[set] = None) -> List[tup
     if isinstance(parents, str):
         parents = [parents]
     for parent in parents:
-        out.extend(_read_yaml_with_parents(path.parent / str(parent), seen))
+        out.extend(_read_yaml_with_parents(path.parent / str(parent), _ancestors + (resolved,), merged))
+    merged.add(resolved)
     out.append((path, content))
     return out
 

@@ -202,8 +202,8 @@ def embed_manifest(
     for number, rows in enumerate(shards, start=1):
         key = _sha([encoder_fp, [hashes[i] for i in rows]])[:24]
         shard_path = partial / f"shard-{key}.npy"
-        if shard_path.is_file():  # finished by an earlier, interrupted call
-            values = np.load(shard_path, allow_pickle=False)
+        values = _load_shard(shard_path, len(rows))  # finished by an earlier, interrupted call?
+        if values is not None:
             bar.update(len(rows))
         else:
             encoder = encoder or _build_encoder(cfg)
@@ -227,6 +227,14 @@ def embed_manifest(
     for path in partial.glob("shard-*.npy") if partial.is_dir() else []:
         path.unlink(missing_ok=True)
     return out
+
+
+def _load_shard(path: Path, n_rows: int) -> Optional[np.ndarray]:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return values if values.dtype == np.float32 and values.ndim == 2 and values.shape[0] == n_rows else None
 
 
 def _read_sidecar(folder: Path) -> Optional[Dict[str, Any]]:

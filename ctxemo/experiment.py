@@ -14,11 +14,12 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
+from ctxemo import distributed
 from ctxemo.data.datasets import build_call_items
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import Manifest, load_manifest
 from ctxemo.data.splits import caller_folds, fold_prevalence, inner_split, load_folds, save_folds
-from ctxemo.errors import CtxemoError
+from ctxemo.errors import ConfigError, CtxemoError
 from ctxemo.io import read_json, write_json
 from ctxemo.metrics import binary_metrics, fine_metrics, flatten_metrics, summarize_folds, tune_binary_threshold, tune_thresholds
 from ctxemo.models.model import build_call_model
@@ -85,8 +86,9 @@ def get_folds(manifest: Manifest, path: Path, *, n_folds: int, seed: int) -> Lis
     """Folds saved at `path` if present (so every arm and every resume uses the same), else new ones."""
     if path.is_file():
         return load_folds(path, manifest.caller_id)
-    folds = make_folds(manifest, n_folds=n_folds, seed=seed)
-    save_folds(path, folds, manifest.caller_id)
+    folds = make_folds(manifest, n_folds=n_folds, seed=seed)  # deterministic: every rank gets the same
+    if distributed.is_main():
+        save_folds(path, folds, manifest.caller_id)
     return folds
 
 
@@ -105,10 +107,13 @@ def split_inner(manifest: Manifest, train_rows: np.ndarray, *, val_fraction: flo
 # ----------------------------------------------------------------------------- one fold
 
 def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: float, fine_thresholds) -> Dict:
+    """Binary metrics on every scored segment; fine metrics on every segment (multi-label) or on the
+    labelled ones (single-label: an unlabelled segment has no class to compare with)."""
+    fine_scores = scores if taxonomy.multilabel else scores.subset(scores.fine.sum(1) > 0)
     return {
         "binary": binary_metrics(scores.negative, scores.p_negative, threshold=binary_threshold),
-        "fine": fine_metrics(scores.fine if taxonomy.multilabel else scores.fine.argmax(1), scores.p_fine,
-                             labels=list(taxonomy.labels), multilabel=taxonomy.multilabel,
+        "fine": fine_metrics(fine_scores.fine if taxonomy.multilabel else fine_scores.fine.argmax(1),
+                             fine_scores.p_fine, labels=list(taxonomy.labels), multilabel=taxonomy.multilabel,
                              thresholds=fine_thresholds),
     }
 
@@ -147,6 +152,8 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
                    n_fit_calls=len(items["fit"]), n_val_calls=len(items["val"]), n_test_calls=len(items["test"]),
                    thresholds={"binary": binary_threshold,
                                "fine": None if fine_thresholds is None else list(map(float, fine_thresholds))})
+    if not distributed.is_main():  # every rank scored the full sets; rank 0 writes them
+        return metrics
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(fold_dir / "model.safetensors"))
     write_predictions(fold_dir / "predictions.csv", test_scores, manifest=manifest, fold=fold,
@@ -177,13 +184,20 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
         summary dict {metric: {mean, std, folds}}.
     """
     run_dir = Path(run_dir)
+    distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
+    if cfg.train.mode != "two_stage":
+        # End-to-end (LoRA encoder + context on windows) is not wired into CV yet: refuse rather than
+        # silently train on frozen embeddings and report numbers for the wrong arm.
+        raise ConfigError("config key 'train.mode' = 'end_to_end' is not available in cv/ablate yet; "
+                          "use train.mode=two_stage")
     data = data if data is not None else load_corpus(cfg, progress=progress)
     folds = get_folds(data.manifest, folds_path or run_dir / "folds.json", n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller
-    write_json(run_dir / "fold_prevalence.json", fold_prevalence(
-        [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
-        groups=data.manifest.caller_id))
+    if distributed.is_main():
+        write_json(run_dir / "fold_prevalence.json", fold_prevalence(
+            [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
+            groups=data.manifest.caller_id))
     selected = list(cfg.cv.only_folds) or list(range(len(folds)))
     per_fold = []
     for k in selected:
@@ -194,6 +208,7 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
             metrics = run_fold(cfg, data, fold=k, test_rows=folds[k], fold_dir=fold_dir, progress=progress)
         per_fold.append(headline(metrics))
     summary = summarize_folds(per_fold)
-    write_json(run_dir / "summary.json", summary)
-    write_summary_tables(run_dir, summary, metrics=HEADLINE)
+    if distributed.is_main():
+        write_json(run_dir / "summary.json", summary)
+        write_summary_tables(run_dir, summary, metrics=HEADLINE)
     return summary

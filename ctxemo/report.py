@@ -40,11 +40,11 @@ def write_predictions(path: Path, scores, *, manifest, fold: int, binary_thresho
                       fine_thresholds: Optional[np.ndarray]) -> Path:
     """One row per scored segment: ids, fold, probabilities, decisions and gold labels (no audio, no text)."""
     labels = list(manifest.taxonomy.labels)
-    header = ["call_id", "segment_index", "fold", "p_negative", "pred_negative", "negative",
+    header = ["call_id", "caller_id", "segment_index", "fold", "p_negative", "pred_negative", "negative",
               *[f"p_{name}" for name in labels], "gold_labels"]
     rows = []
     for i, row in enumerate(scores.rows):
-        rows.append([manifest.call_id[row], int(manifest.segment_index[row]), fold,
+        rows.append([manifest.call_id[row], manifest.caller_id[row], int(manifest.segment_index[row]), fold,
                      f"{scores.p_negative[i]:.6f}", int(scores.p_negative[i] >= binary_threshold),
                      int(scores.negative[i]), *[f"{p:.6f}" for p in scores.p_fine[i]],
                      ";".join(n for n, v in zip(labels, scores.fine[i]) if v)])

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctxemo.data.datasets import CallItem, iterate_batches
+from ctxemo import distributed
+from ctxemo.data.datasets import CallItem, batch_indices, collate
 from ctxemo.errors import CtxemoError
 from ctxemo.io import atomic_path
 from ctxemo.models.model import CallModel
@@ -43,9 +44,9 @@ def validation_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, loss: float
     out = {"loss": loss, "binary_ap": _average_precision(scores.negative, scores.p_negative)}
     fine_ap = [_average_precision(scores.fine[:, j], scores.p_fine[:, j]) for j in range(scores.fine.shape[1])]
     out["fine_macro_ap"] = float(np.nanmean(fine_ap)) if np.isfinite(fine_ap).any() else float("nan")
-    out["score"] = float(np.nanmean([out["binary_ap"], out["fine_macro_ap"]]))
-    if not np.isfinite(out["score"]):
-        out["score"] = 0.0
+    parts = [v for v in (out["binary_ap"], out["fine_macro_ap"]) if np.isfinite(v)]
+    # A validation split with no positives at all has no AP: score 0 rather than NaN (never "better").
+    out["score"] = float(np.mean(parts)) if parts else 0.0
     return out
 
 
@@ -126,20 +127,22 @@ def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequenc
         cfg_train: a TrainConfig node.
         seed: seeds batch order and dropout; same seed + data -> identical result on CPU.
         checkpoint_path: written atomically after every epoch; with `resume`, training continues from it.
+            Under torchrun (ctxemo.distributed) each rank trains on its share of every batch; rank 0 writes.
     Returns:
         TrainResult with the best state (already loaded into `model`) and the per-epoch history.
     """
     device = resolve_device(cfg_train.device)
     model.to(device)
     objective.to(device)
+    train_model = distributed.wrap_model(model)  # DDP under torchrun; `model` itself otherwise
     metric = cfg_train.early_stop_metric
     optimizer = torch.optim.AdamW(parameter_groups(model, lr=cfg_train.lr, encoder_lr=cfg_train.encoder_lr,
                                                    weight_decay=cfg_train.weight_decay))
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg_train.batch_calls) / cfg_train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg_train.epochs, cfg_train.warmup_frac))
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # batch order: the same on every rank
+    torch.manual_seed(seed + distributed.rank())  # dropout: a stream per rank (rank 0 = one process)
     start_epoch, best, best_epoch, stale = 0, None, -1, 0
     history: List[Dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -155,18 +158,20 @@ def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequenc
         start_epoch, best, best_epoch, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
         history, best_state, best_metrics = ckpt["history"], ckpt["best_state"], ckpt["best_metrics"]
 
-    bar = tqdm(range(start_epoch, cfg_train.epochs), desc=desc, disable=not progress, leave=False,
-               initial=start_epoch, total=cfg_train.epochs)
+    bar = tqdm(range(start_epoch, cfg_train.epochs), desc=desc, disable=not (progress and distributed.is_main()),
+               leave=False, initial=start_epoch, total=cfg_train.epochs)
     for epoch in bar:
         if stale >= cfg_train.patience:
             break
         model.train()
         total, batches = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(iterate_batches(train_items, batch_calls=cfg_train.batch_calls, shuffle=True,
-                                                  generator=generator, device=device)):
+        for i, calls in enumerate(batch_indices(len(train_items), batch_calls=cfg_train.batch_calls, shuffle=True,
+                                                generator=generator)):
+            calls, step_objective = distributed.shard_batch(calls, train_items, objective)
+            batch = collate([train_items[j] for j in calls], device)
             with autocast(device):
-                loss = objective(model(batch.inputs), batch)
+                loss = step_objective(train_model(batch.inputs), batch)
             (loss / cfg_train.grad_accum).backward()
             total, batches = total + loss.item(), batches + 1
             if (i + 1) % cfg_train.grad_accum == 0:
@@ -176,7 +181,8 @@ def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequenc
         scores, val_loss = score_items(model, val_items, window=window, overlap=window_overlap,
                                        batch_calls=cfg_train.batch_calls, device=device, objective=objective)
         metrics = validation_metrics(scores, taxonomy=taxonomy, loss=val_loss)
-        metrics.update(epoch=epoch, train_loss=total / max(batches, 1))
+        metrics.update(epoch=epoch, train_loss=distributed.all_reduce_mean(total) / max(batches, 1))
+        metrics = distributed.broadcast_object(metrics)  # every rank takes rank 0's early-stopping decision
         history.append(metrics)
         if _is_better(metrics[metric], best, metric):
             best, best_epoch, stale = metrics[metric], epoch, 0
@@ -185,7 +191,7 @@ def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequenc
         else:
             stale += 1
         bar.set_postfix({"train_loss": f"{metrics['train_loss']:.3f}", f"val_{metric}": f"{metrics[metric]:.3f}"})
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():
             _save_checkpoint(Path(checkpoint_path), {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),

@@ -46,3 +46,15 @@ def test_round_trip_yaml(tmp_path):
 def test_negative_labels_must_exist():
     with pytest.raises(ConfigError, match="negative_labels"):
         load_config(overrides=["taxonomy.negative_labels=[joy]"])
+
+
+def test_diamond_defaults_merge_base_once(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.5\n")
+    (tmp_path / "a.yaml").write_text("defaults: [base.yaml]\ntrain:\n  epochs: 2\n")
+    (tmp_path / "b.yaml").write_text("defaults: [base.yaml]\ncontext:\n  kind: identity\n")
+    (tmp_path / "top.yaml").write_text("defaults: [a.yaml, b.yaml]\n")
+    cfg = load_config([tmp_path / "top.yaml"])
+    assert cfg.train.epochs == 2 and cfg.context.kind == "identity" and cfg.train.lr == 0.5
+    (tmp_path / "loop.yaml").write_text("defaults: [loop.yaml]\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config([tmp_path / "loop.yaml"])

@@ -62,6 +62,8 @@ def read_audio(
     path = Path(path)
     info = audio_info(path)
     sr = int(info.samplerate)
+    if info.frames <= 0:  # a valid header with no data: say so, rather than blame the crop
+        raise AudioError(f"{path}: no samples (empty audio file)")
     first = 0 if start_sec is None or np.isnan(start_sec) else int(round(start_sec * sr))
     last = info.frames if end_sec is None or np.isnan(end_sec) else int(round(end_sec * sr))
     if first < 0 or last <= first or first >= info.frames:

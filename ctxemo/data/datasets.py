@@ -99,10 +99,19 @@ def collate(items: Sequence[CallItem], device: torch.device | str = "cpu") -> Ca
     return CallBatch(inputs=inputs, negative=to(negative), fine=to(fine), scored_mask=to(scored), rows=to(rows))
 
 
+def batch_indices(n_items: int, *, batch_calls: int, shuffle: bool,
+                  generator: Optional[torch.Generator] = None) -> List[List[int]]:
+    """Which calls go in each batch: consecutive groups of `batch_calls` after an optional shuffle.
+
+    One permutation is drawn from `generator` per call of this function (an epoch), so the batch
+    order, and everything downstream of it, is reproducible from the seed.
+    """
+    order = torch.randperm(n_items, generator=generator).tolist() if shuffle else list(range(n_items))
+    return [order[first:first + batch_calls] for first in range(0, n_items, batch_calls)]
+
+
 def iterate_batches(items: Sequence[CallItem], *, batch_calls: int, shuffle: bool,
                     generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu") -> Iterator[CallBatch]:
     """Batches of whole calls; shuffled with the given generator so runs are reproducible."""
-    order = torch.randperm(len(items), generator=generator).tolist() if shuffle else range(len(items))
-    order = list(order)
-    for first in range(0, len(order), batch_calls):
-        yield collate([items[i] for i in order[first:first + batch_calls]], device)
+    for calls in batch_indices(len(items), batch_calls=batch_calls, shuffle=shuffle, generator=generator):
+        yield collate([items[i] for i in calls], device)

@@ -6,6 +6,7 @@ training starts: a typo in a hand-edited label sheet must not surface hours late
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,25 +94,37 @@ def _read_rows(path: Path) -> List[tuple]:
         raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the manifest as UTF-8") from None
     rows: List[tuple] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Split on "\n" only: str.splitlines would also cut at U+2028, form feeds etc., which JSON
+        # strings may hold unescaped.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # also 5000-digit numbers and deep nesting
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
+                raise ManifestError(f"{path}: line {number}: not valid JSON ({reason})") from None
             if not isinstance(obj, dict):
                 raise ManifestError(f"{path}: line {number}: expected a JSON object per line")
             rows.append((number, obj))
     else:
-        reader = csv.DictReader(text.splitlines())
-        if reader.fieldnames is None:
-            raise ManifestError(f"{path}: empty manifest (no header row)")
-        reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        for number, obj in enumerate(reader, start=2):  # line 1 is the header
-            if None in obj:
-                raise ManifestError(f"{path}: line {number}: more values than header columns")
-            rows.append((number, obj))
+        # newline="": the csv module's own line handling (quoted fields may span lines; U+2028 or a
+        # form feed inside a cell is just a character). reader.line_num counts physical lines.
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            if not reader.fieldnames:
+                raise ManifestError(f"{path}: empty manifest (no header row on line 1)")
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+            doubled = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+            if doubled:
+                raise ManifestError(f"{path}: line 1: column(s) {doubled} appear more than once in the header")
+            for obj in reader:
+                number = reader.line_num
+                if None in obj:
+                    raise ManifestError(f"{path}: line {number}: more values than header columns")
+                rows.append((number, obj))
+        except csv.Error as exc:  # e.g. a cell over csv.field_size_limit(); line_num = lines read before
+            raise ManifestError(f"{path}: line {reader.line_num + 1}: not valid CSV ({exc})") from None
     if not rows:
         raise ManifestError(f"{path}: manifest has no rows")
     return rows
@@ -202,7 +215,7 @@ def load_manifest(
             raise ManifestError(f"{where}: column 'call_id' is empty")
         try:
             segment_index[i] = int(_text(obj.get("segment_index")))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: does not fit int64
             raise ManifestError(f"{where}: column 'segment_index' must be an integer, got "
                                 f"{obj.get('segment_index')!r}") from None
         key = (cid, int(segment_index[i]))
@@ -247,7 +260,12 @@ def load_manifest(
     _check_caller_per_call(manifest)
     if require_audio and check_audio_exists:
         for i in range(n):
-            if not manifest.audio_path(i).is_file():
+            try:
+                found = manifest.audio_path(i).is_file()
+            except OSError as exc:  # e.g. a file name over the OS limit
+                raise ManifestError(f"{path}: line {line[i]}: column 'audio': unusable path "
+                                    f"({exc.strerror or exc})") from None
+            if not found:
                 raise ManifestError(f"{path}: line {line[i]}: column 'audio': file not found: {manifest.audio_path(i)}")
     return manifest
 

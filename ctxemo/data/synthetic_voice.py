@@ -110,8 +110,8 @@ def synthesize_segment(
             b = int(rng.uniform(0.02, 0.05) * sample_rate)
             b0 = max(0, s - b)
             burst[b0:s] = np.hanning(s - b0 + 2)[1:-1] * 0.5 if s > b0 else 0.0
-    # Slow jitter (~1%) so the pitch is never perfectly periodic.
-    jitter = signal.lfilter([0.02], [1.0, -0.98], rng.normal(0.0, 1.0, n)) * 0.1
+    # Slow pitch wander (sd ~0.17 semitone, ~1%) so the voice is never perfectly periodic.
+    jitter = signal.lfilter([0.02], [1.0, -0.98], rng.normal(0.0, 1.0, n)) * 1.7
     f0 = voice.f0_hz * 2.0 ** ((semitones + jitter) / 12.0)
     f0 = np.clip(f0, 50.0, 0.45 * sample_rate)
 
@@ -129,8 +129,7 @@ def synthesize_segment(
 
     # Vowel formants per syllable (filter state carried across syllables).
     out = np.zeros(n)
-    order = 6
-    zi = np.zeros(order)
+    zi = np.zeros(2 * len(_FORMANT_BW_HZ))  # state of the cascade of two-pole resonators
     edges = np.concatenate([[0], syl[1:, 0], [n]]) if len(syl) > 1 else np.array([0, n])
     for k in range(len(edges) - 1):
         formants = _VOWELS[rng.integers(len(_VOWELS))] * voice.formant_scale

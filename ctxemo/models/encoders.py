@@ -27,10 +27,13 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ctxemo.config import EncoderConfig, LoraConfig
 from ctxemo.errors import BundleError, ConfigError
-from ctxemo.models.backbones import FAMILIES, build_backbone, lora_targets
+from ctxemo.models.backbones import FAMILIES, build_backbone, lora_targets, tiny_model_config
 from ctxemo.models.frontend import lengths_to_mask
 from ctxemo.models.pooling import build_pooling
 from ctxemo.models.upstream import Upstream, build_upstream
+
+__all__ = ["SegmentEncoder", "as_encoder_config", "parse_layers", "split_into_chunks", "merge_chunks",
+           "tiny_model_config"]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -32,16 +32,13 @@ class MaskedGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:  # x: [b, c, t]
         if self.frame_lens is None:
             return super().forward(x)
-        dtype = x.dtype  # statistics in float32, as autocast does for nn.GroupNorm
-        groups = rearrange(x.float(), "b (g c) t -> b g c t", g=self.num_groups)
-        mask = rearrange(lengths_to_mask(self.frame_lens, x.shape[-1]), "b t -> b 1 1 t").float()
-        count = mask.sum(dim=(2, 3), keepdim=True).clamp(min=1.0) * groups.shape[2]
-        mean = (groups * mask).sum(dim=(2, 3), keepdim=True) / count
-        var = (((groups - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
-        normed = rearrange((groups - mean) / torch.sqrt(var + self.eps), "b g c t -> b (g c) t")
-        if self.affine:
-            normed = normed * self.weight[None, :, None].float() + self.bias[None, :, None].float()
-        return normed.to(dtype)
+        # One native group_norm per segment on its valid frames: bit-identical to encoding it alone, and
+        # no [b, c, t]-sized temporaries (this is the largest activation of the whole model).
+        out = torch.zeros_like(x)
+        for i, n in enumerate(self.frame_lens.tolist()):
+            out[i: i + 1, :, :n] = nn.functional.group_norm(x[i: i + 1, :, :n], self.num_groups, self.weight,
+                                                            self.bias, self.eps)
+        return out
 
 
 class Upstream(nn.Module):
@@ -59,7 +56,6 @@ class Upstream(nn.Module):
     num_hidden_states: int
     max_chunk_samples: int
     min_samples: int
-
 
     def forward(self, waves: Tensor, wave_lens: Tensor) -> Tuple[List[Tensor], Tensor]:
         """Args:
@@ -150,7 +146,8 @@ class WhisperUpstream(Upstream):
     transformers' WhisperEncoder.forward insists on exactly 2 x max_source_positions mel frames (30 s),
     so we run its modules ourselves: conv1 -> conv2 -> the first t' positional embeddings -> layers
     with a padding mask -> final layer norm. With `pad_to_30s` every input is padded to the full
-    window, nothing is masked, and the result is the stock encoder's (the seed study's way).
+    window, nothing is masked, and the hidden states are the stock encoder's (the seed study's way);
+    frame_lens still count only the frames of the segment's own audio, so pooling skips the silence.
     """
 
     cnn_prefixes = ("conv1.", "conv2.")

@@ -1,0 +1,188 @@
+"""Benchmark the context stage at the seed study's scale: 5-fold CV of isolated vs contextual on cached
+embeddings, with wall time and peak memory, and how both grow with the corpus size.
+
+Corpus (synthetic, written to a temporary folder as a precomputed-features manifest + `.npy`): at 1x,
+105 callers, 20,630 caller segments, 1024-d features, 1-3 calls per caller of 70-200 segments each.
+Planted signal as in DESIGN.md: a per-caller baseline larger than the emotion cues, negative episodes
+that persist along a call, and a weak direction per fine label.
+
+Each size runs in a fresh process, so peak memory is that size's own: `resource.getrusage` maxrss of
+the worker (the whole process: Python, torch, features, models), and the growth over the RSS the
+worker had after its imports.
+
+    python benchmarks/bench_context.py                     # 1x: the seed scale, both arms, 5 folds
+    python benchmarks/bench_context.py --scales 0.25 0.5 1 2 4
+    python benchmarks/bench_context.py --scales 0.05 --folds 2 train.epochs=3   # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+SEED_CALLERS, SEED_SEGMENTS, SEED_DIM = 105, 20_630, 1024
+CALL_LEN = (70, 200)  # caller segments per call
+ROOT = Path(__file__).resolve().parent.parent
+ARMS = {"isolated": ["context.kind=identity"], "contextual": ["context.kind=transformer"]}
+# The seed taxonomy's labels (ctxemo.config.DEFAULT_LABELS) and a skewed label distribution.
+LABEL_PROBS = np.array([0.05, 0.35, 0.05, 0.04, 0.1, 0.15, 0.05, 0.01, 0.03, 0.12, 0.05])
+
+
+def call_lengths(n_callers: int, n_segments: int, rng: np.random.Generator) -> List[List[int]]:
+    """Per caller, the lengths of their calls: 1-3 calls of 70-200 segments, summing to n_segments."""
+    calls = [list(rng.integers(CALL_LEN[0], CALL_LEN[1] + 1, size=rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1])))
+             for _ in range(n_callers)]
+    flat = np.array([n for c in calls for n in c], dtype=float)
+    flat = np.clip(np.round(flat * n_segments / flat.sum()), CALL_LEN[0], CALL_LEN[1]).astype(int)
+    # Spread the rounding remainder one segment at a time over calls that still have room.
+    while (gap := n_segments - flat.sum()) != 0:
+        room = np.flatnonzero(flat < CALL_LEN[1]) if gap > 0 else np.flatnonzero(flat > CALL_LEN[0])
+        pick = rng.choice(room, size=min(abs(gap), len(room)), replace=False)
+        flat[pick] += np.sign(gap)
+    out, i = [], 0
+    for c in calls:
+        out.append(flat[i:i + len(c)].tolist())
+        i += len(c)
+    return out
+
+
+def make_corpus(folder: Path, *, scale: float, dim: int = SEED_DIM, seed: int = 0) -> Dict[str, Any]:
+    """Write manifest.jsonl + feats.npy for `scale` x the seed corpus; returns its sizes."""
+    from ctxemo.config import DEFAULT_LABELS
+
+    rng = np.random.default_rng(seed)
+    n_callers = max(2, round(SEED_CALLERS * scale))
+    n_segments = round(SEED_SEGMENTS * scale)
+    lengths = call_lengths(n_callers, n_segments, rng)
+    neg_dir = rng.normal(0, 1, dim) / np.sqrt(dim)  # unit-ish directions in a 1024-d space
+    label_dirs = rng.normal(0, 1, (len(DEFAULT_LABELS), dim)) / np.sqrt(dim)
+    feats = np.empty((n_segments, dim), np.float32)
+    lines, row = [], 0
+    for caller, calls in enumerate(lengths):
+        baseline = rng.normal(0, 1.5, dim)  # the caller's own voice: varies more than the cues
+        for k, n in enumerate(calls):
+            negative = np.zeros(n, bool)
+            state = rng.random() < 0.4
+            for i in range(n):  # emotion persists: a state flips rarely
+                state = state ^ (rng.random() < 0.05)
+                negative[i] = state
+            label = rng.choice(len(DEFAULT_LABELS), p=LABEL_PROBS / LABEL_PROBS.sum())
+            cue = negative[:, None] * (2.5 * neg_dir + 2.0 * label_dirs[label])
+            feats[row:row + n] = baseline + cue + rng.normal(0, 1.0, (n, dim))
+            t = np.cumsum(rng.uniform(1.0, 8.0, n))
+            for i in range(n):
+                lines.append(json.dumps({
+                    "call_id": f"p{caller:04d}_c{k}", "segment_index": i, "caller_id": f"p{caller:04d}",
+                    "role": "caller", "start": round(float(t[i]) - 0.8, 2), "end": round(float(t[i]), 2),
+                    "labels": [DEFAULT_LABELS[label]] if negative[i] else []}))
+            row += n
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    np.save(folder / "feats.npy", feats)
+    return {"callers": n_callers, "calls": sum(len(c) for c in lengths), "segments": n_segments, "dim": dim}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker(job: Dict[str, Any]) -> Dict[str, Any]:
+    """One size in a fresh process: load the corpus, then each arm's CV on the same folds."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from ctxemo.config import load_config
+    from ctxemo.experiment import load_corpus, run_cv
+
+    rss_after_imports = _rss_mb()
+    folder = Path(job["folder"])
+    common = [f"data.manifest={folder / 'manifest.jsonl'}", f"data.features={folder / 'feats.npy'}",
+              f"out_dir={folder / 'runs'}", "train.device=cpu", f"cv.folds={job['folds']}", *job["overrides"]]
+    cfg = load_config([job["config"]] if job["config"] else [], common)
+    start = time.perf_counter()
+    data = load_corpus(cfg, progress=False)
+    out: Dict[str, Any] = {"load_s": time.perf_counter() - start, "arms": {}}
+    for arm, overrides in ARMS.items():
+        arm_cfg = load_config(overrides=overrides, base=cfg)
+        start = time.perf_counter()
+        summary = run_cv(arm_cfg, folder / "runs" / arm, data=data, folds_path=folder / "runs" / "folds.json",
+                         progress=False)
+        epochs = [json.loads((folder / "runs" / arm / f"fold{k}" / "metrics.json").read_text())["epochs_run"]
+                  for k in range(job["folds"])]
+        out["arms"][arm] = {"seconds": time.perf_counter() - start, "epochs": epochs,
+                            "binary_f1": summary["binary_f1"]["mean"],
+                            "binary_auroc": summary["binary_auroc"]["mean"],
+                            "fine_macro_f1": summary["fine_macro_f1"]["mean"],
+                            "folds": {k: v["folds"] for k, v in summary.items()}}
+    out.update(peak_rss_mb=_rss_mb(), rss_after_imports_mb=rss_after_imports)
+    return out
+
+
+def run_size(scale: float, args) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench_context_") as tmp:
+        sizes = make_corpus(Path(tmp), scale=scale, dim=args.dim, seed=args.seed)
+        job = dict(folder=tmp, config=str(args.config) if args.config else None, folds=args.folds, threads=args.threads,
+                   overrides=args.overrides)
+        with mp.get_context("spawn").Pool(1) as pool:
+            result = pool.apply(worker, (job,))
+    return {"scale": scale, **sizes, **result}
+
+
+def print_table(results: List[Dict[str, Any]]) -> None:
+    print(f"\n{'scale':>5} {'callers':>7} {'calls':>5} {'segments':>8} | {'load s':>6} | "
+          f"{'isolated s':>10} {'contextual s':>12} {'total s':>7} {'s/kseg':>6} | "
+          f"{'peak RSS MB':>11} {'over imports':>12} | epochs run (iso / ctx, per fold)")
+    for r in results:
+        iso, ctx = r["arms"]["isolated"], r["arms"]["contextual"]
+        total = r["load_s"] + iso["seconds"] + ctx["seconds"]
+        print(f"{r['scale']:>5g} {r['callers']:>7} {r['calls']:>5} {r['segments']:>8} | {r['load_s']:>6.1f} | "
+              f"{iso['seconds']:>10.1f} {ctx['seconds']:>12.1f} {total:>7.1f} {1000 * total / r['segments']:>6.2f} | "
+              f"{r['peak_rss_mb']:>11.0f} {r['peak_rss_mb'] - r['rss_after_imports_mb']:>12.0f} | "
+              f"{iso['epochs']} / {ctx['epochs']}")
+    print("\nmean over folds (a sanity check that both arms learn the planted signal):")
+    for r in results:
+        for arm, a in r["arms"].items():
+            print(f"  {r['scale']:>5g}x {arm:10s} binary F1 {a['binary_f1']:.3f}  AUROC {a['binary_auroc']:.3f}  "
+                  f"fine macro F1 {a['fine_macro_f1']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for both arms")
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.0], help="corpus sizes, x the seed corpus")
+    parser.add_argument("--config", type=Path, help="YAML config (default: the built-in defaults of ctxemo.config; "
+                        "experiments/configs/base.yaml is the study config)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=SEED_DIM)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write every result (with per-fold metrics) here")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"context-stage CV: {args.folds} folds x 2 arms (isolated, contextual), config {args.config or 'defaults'} "
+          f"{' '.join(args.overrides)}; {args.threads} torch threads on {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), load average {load:.1f} at start")
+    results = []
+    for scale in args.scales:
+        results.append(run_size(scale, args))
+        r = results[-1]
+        print(f"  {scale:g}x done: {r['segments']} segments, "
+              f"{r['load_s'] + sum(a['seconds'] for a in r['arms'].values()):.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB",
+              flush=True)
+    print_table(results)
+    print(f"load average at end {os.getloadavg()[0]:.1f}; peak RSS = getrusage(RUSAGE_SELF).ru_maxrss of the worker")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""`ctxemo train`: one model on all callers, ready to use: early stopping and decision thresholds on a
+caller-disjoint inner validation split, written as a model bundle (see ctxemo.bundle).
+
+Two-stage: segment embeddings come from the cache (`ctxemo embed`), the context model trains on them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ctxemo.bundle import Thresholds, build_encoder, save_bundle, verify_rebuilt_embeddings
+from ctxemo.data.audio import read_audio
+from ctxemo.data.datasets import build_call_items
+from ctxemo.errors import ConfigError
+from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner
+from ctxemo.io import write_json
+from ctxemo.metrics import tune_binary_threshold, tune_thresholds
+from ctxemo.models.model import build_call_model
+from ctxemo.objective import build_objective
+from ctxemo.runinfo import start_run
+from ctxemo.scoring import score_items
+from ctxemo.taxonomy import Taxonomy
+from ctxemo.train import fit, resolve_device
+
+VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
+
+
+def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *, data: CorpusData | None = None,
+                 log=print) -> Path:
+    """Train on every caller and write `run_dir/bundle`.
+
+    Args:
+        cfg: resolved config (two_stage mode).
+        run_dir: run folder: config.yaml, run.json, inner-validation metrics.json, history.json, bundle/.
+        data: manifest + features if already loaded (else `load_corpus`, using the embedding cache).
+    Returns:
+        The bundle folder.
+    Raises:
+        ConfigError: end_to_end mode (not supported here yet).
+        CtxemoError: the rebuilt encoder does not reproduce the cached embeddings.
+    """
+    if cfg.train.mode != "two_stage":
+        raise ConfigError(f"config key 'train.mode' = {cfg.train.mode!r}: `ctxemo train` trains two_stage models "
+                          "(context model on cached embeddings); end_to_end bundles are not supported yet")
+    run_dir = Path(run_dir)
+    start_run(run_dir, cfg, command="train")
+    data = data if data is not None else load_corpus(cfg, progress=progress)
+    manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
+    fit_rows, val_rows = split_inner(manifest, np.arange(len(manifest)), val_fraction=cfg.cv.inner_val_fraction,
+                                     seed=cfg.seed)
+    use_operator = cfg.data.use_operator_turns
+    items = {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=use_operator)
+             for name, rows in (("fit", fit_rows), ("val", val_rows))}
+    objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
+    torch.manual_seed(cfg.seed)
+    model = build_call_model(cfg, d_in=data.feats.shape[1], taxonomy=taxonomy, fine_bias=fine_bias,
+                             train_feats=data.feats[fit_rows])
+    window, overlap = int(cfg.context.window), int(cfg.context.window_overlap)
+    result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
+                 cfg_train=cfg.train, seed=cfg.seed, window=window, window_overlap=overlap,
+                 checkpoint_path=run_dir / "checkpoint.pt", resume=True, progress=progress, desc="train")
+    val_scores, _ = score_items(model, items["val"], window=window, overlap=overlap,
+                                device=resolve_device(cfg.train.device))
+    if cfg.cv.tune_thresholds:
+        fine = tune_thresholds(val_scores.fine, val_scores.p_fine) if taxonomy.multilabel else None
+        thresholds = Thresholds(binary=tune_binary_threshold(val_scores.negative, val_scores.p_negative), fine=fine)
+    else:
+        thresholds = Thresholds(binary=0.5, fine=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None)
+    val_metrics = evaluate(val_scores, taxonomy=taxonomy, binary_threshold=thresholds.binary,
+                           fine_thresholds=thresholds.fine)
+    if not cfg.data.features:
+        _verify_encoder(cfg, data)
+    info: Dict = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                  "n_fit_calls": len(items["fit"]), "n_val_calls": len(items["val"]),
+                  "inner_val_binary_f1": val_metrics["binary"].get("f1")}
+    model.cpu()
+    bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=model, thresholds=thresholds, d_in=data.feats.shape[1],
+                         time_features_used=_has_timing(data, fit_rows), train_info=info)
+    write_json(run_dir / "history.json", result.history)
+    # Inner-validation figures: what early stopping and thresholds saw; not an estimate of test performance.
+    write_json(run_dir / "metrics.json", {"split": "inner_validation", **val_metrics, **info,
+                                          "thresholds": {"binary": thresholds.binary,
+                                                         "fine": None if thresholds.fine is None
+                                                         else [float(v) for v in thresholds.fine]}})
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    log(f"bundle written to {bundle} (best epoch {result.best_epoch}, inner-validation binary F1 "
+        f"{val_metrics['binary'].get('f1', float('nan')):.3f})")
+    return bundle
+
+
+def _has_timing(data: CorpusData, rows: np.ndarray) -> bool:
+    """Timing inputs are used only if training segments had start and end (else they were all zeros)."""
+    rows = rows[data.manifest.is_caller[rows]]
+    start, end = data.manifest.start_sec[rows], data.manifest.end_sec[rows]
+    return bool(len(rows)) and bool(np.isfinite(start).all() and np.isfinite(end).all())
+
+
+def _verify_encoder(cfg: DictConfig, data: CorpusData) -> None:
+    """Re-embed a few cached segments with the encoder rebuilt from config + seed: they must agree."""
+    manifest = data.manifest
+    rows = np.flatnonzero(manifest.is_caller)[:VERIFY_ROWS]
+    sec = lambda v: None if np.isnan(v) else float(v)  # noqa: E731
+    waves = [read_audio(manifest.audio_path(r), start_sec=sec(manifest.start_sec[r]), end_sec=sec(manifest.end_sec[r]),
+                        channel=int(cfg.data.channel), target_sr=int(cfg.data.sample_rate)) for r in rows]
+    verify_rebuilt_embeddings(build_encoder(cfg), waves, data.feats[rows], cfg=cfg)

@@ -1,0 +1,173 @@
+"""Live scoring: push a call's segments as they end and get each one's prediction at once.
+
+The context model must be causal: segment i is scored from the `context.window` segments ending at
+it, exactly as `forward_windowed` scores it offline, so live and offline results agree. Only those
+last `window` embeddings are kept, so the cost of a new segment does not grow with the call.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from ctxemo.bundle import Bundle, call_inputs, load_bundle
+from ctxemo.call_summary import segment_record, summarize_call
+from ctxemo.data.audio import resample
+from ctxemo.errors import AudioError, ConfigError
+from ctxemo.scoring import fine_probabilities
+
+ROLES = ("caller", "operator")
+
+
+def check_live_capable(bundle: Bundle) -> None:
+    """Raise ConfigError unless the bundle's context model can score causally (segment by segment)."""
+    ctx = bundle.cfg.context
+    if ctx.kind != "identity" and not ctx.causal:
+        raise ConfigError(
+            f"{bundle.path}: live scoring needs a causal context model, but this bundle was trained with "
+            f"context.causal=false (kind={ctx.kind}): each segment's score depends on later segments. "
+            "Train a bundle with context.causal=true (and context.window=N to bound the cost per segment), "
+            "or score whole recordings offline without --live")
+
+
+class LiveSession:
+    """One call scored as it goes on.
+
+    Example:
+        >>> session = LiveSession("runs/demo-train/bundle")  # doctest: +SKIP
+        >>> pred = session.push(wave, sample_rate=8000, role="caller", start_sec=3.2, end_sec=5.0)  # doctest: +SKIP
+        >>> pred["p_negative"], pred["negative"], pred["top_labels"]  # doctest: +SKIP
+
+    Args:
+        bundle: a loaded Bundle or its folder.
+        call_id: written into every record.
+    Raises:
+        ConfigError: the bundle's context model is bidirectional.
+    """
+
+    def __init__(self, bundle: Union[Bundle, str, Path], *, call_id: str = "live"):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        check_live_capable(self.bundle)
+        cfg = self.bundle.cfg
+        window = int(cfg.context.window)
+        if cfg.context.kind == "identity":
+            window = 1  # isolated segments: nothing before them matters
+        elif window <= 0:
+            warnings.warn(f"{self.bundle.path}: context.window=0, so live scoring keeps the whole call as context "
+                          "and the cost per segment grows with the call; train with context.window=N to bound it",
+                          stacklevel=2)
+        self.window = window
+        self.call_id = call_id
+        self.records: List[Dict[str, Any]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the call: the next push starts a new one."""
+        self._tokens: deque = deque(maxlen=self.window if self.window > 0 else None)
+        self._positions = 0  # segments that entered the context so far (the next one's position)
+        self._last_context_end: Optional[float] = None
+        self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
+        self.records = []
+
+    # ------------------------------------------------------------------ pushing segments
+
+    def push(self, segment_audio: np.ndarray, *, sample_rate: int, role: str = "caller",
+             start_sec: Optional[float] = None, end_sec: Optional[float] = None) -> Dict[str, Any]:
+        """Score one finished segment.
+
+        Args:
+            segment_audio: float [t] mono samples in [-1, 1] (one speaker's turn).
+            sample_rate: its rate in Hz (resampled to the bundle's rate).
+            role: "caller" (scored) or "operator" (context only, if the model was trained with operator turns).
+            start_sec, end_sec: where the segment lies in the call; None places it right after the previous one.
+        Returns:
+            The segment's record (call_id, segment_index, start, end, duration, role, p_negative, negative,
+            p_<label>..., top_labels, latency_ms); probabilities are None for operator turns.
+        Raises:
+            AudioError: not 1-D, empty, or holding NaN/Inf samples.
+        """
+        began = time.perf_counter()
+        wave = np.asarray(segment_audio, dtype=np.float32)
+        if wave.ndim != 1:
+            raise AudioError(f"call {self.call_id}: push() takes mono audio [t], got shape {wave.shape}")
+        if wave.size == 0:
+            raise AudioError(f"call {self.call_id}: empty segment pushed")
+        if not np.isfinite(wave).all():
+            raise AudioError(f"call {self.call_id}: segment holds NaN or Inf samples")
+        duration = len(wave) / float(sample_rate)
+        wave = resample(wave, orig_sr=int(sample_rate), target_sr=self.bundle.sample_rate)
+        embedding = None
+        if self._enters_context(role):
+            embedding = self.bundle.embed([wave])[0]
+        return self._push(embedding, role=role, start_sec=start_sec, end_sec=end_sec, duration=duration,
+                          began=began)
+
+    def push_embedding(self, embedding: Optional[np.ndarray], *, role: str = "caller",
+                       start_sec: Optional[float] = None, end_sec: Optional[float] = None,
+                       duration_sec: Optional[float] = None) -> Dict[str, Any]:
+        """As `push`, for a segment already embedded (float [d_in]); needs end_sec or duration_sec."""
+        began = time.perf_counter()
+        if duration_sec is None:
+            if end_sec is None:
+                raise ValueError("push_embedding needs end_sec or duration_sec")
+            duration_sec = float(end_sec) - float(start_sec if start_sec is not None else self._clock)
+        return self._push(embedding, role=role, start_sec=start_sec, end_sec=end_sec, duration=duration_sec,
+                          began=began)
+
+    def _enters_context(self, role: str) -> bool:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        return role == "caller" or self.bundle.use_operator_turns
+
+    @torch.no_grad()
+    def _push(self, embedding, *, role: str, start_sec, end_sec, duration: float, began: float) -> Dict[str, Any]:
+        start = float(start_sec) if start_sec is not None else self._clock
+        end = float(end_sec) if end_sec is not None else start + duration
+        self._clock = max(self._clock, end)
+        c = self.bundle.taxonomy.num_labels
+        p_negative, p_fine = float("nan"), np.full(c, np.nan)
+        if self._enters_context(role):
+            if embedding is None:
+                raise ValueError("a segment that enters the context needs its embedding")
+            # Timing exactly as offline: gap since the previous in-context segment, and duration.
+            gap = 0.0 if self._last_context_end is None else max(_finite(start - self._last_context_end), 0.0)
+            time_row = np.log1p(np.array([gap, max(_finite(end - start), 0.0)]))
+            if not self.bundle.uses_time:
+                time_row = 0.0 * time_row
+            self._tokens.append((np.asarray(embedding, np.float32), role, self._positions, time_row))
+            self._positions += 1
+            self._last_context_end = end
+            if role == "caller":
+                p_negative, p_fine = self._score_last()
+        record = segment_record(self.bundle, call_id=self.call_id, segment_index=len(self.records), start=start,
+                                end=end, duration=duration, role=role, p_negative=p_negative, p_fine=p_fine)
+        record["latency_ms"] = round(1000.0 * (time.perf_counter() - began), 3)
+        self.records.append(record)
+        return record
+
+    def _score_last(self):
+        """The model over the kept window; the last token's probabilities."""
+        feats, roles, positions, times = zip(*self._tokens)
+        inputs = call_inputs(np.stack(feats), roles=list(roles), positions=np.array(positions),
+                             time_feats=np.stack(times).astype(np.float32), device=self.bundle.device)
+        logits = self.bundle.model(inputs)
+        p_negative = float(torch.sigmoid(logits.binary[0, -1]))
+        p_fine = fine_probabilities(logits.fine[0, -1], multilabel=self.bundle.taxonomy.multilabel)
+        return p_negative, p_fine.float().cpu().numpy()
+
+    # ------------------------------------------------------------------ the call so far
+
+    def summary(self, *, source: str = "live", n_skipped: int = 0) -> Dict[str, Any]:
+        """Per-call figures over the segments pushed so far (see `summarize_call`)."""
+        return summarize_call(self.records, call_id=self.call_id, source=source, duration_sec=self._clock,
+                              n_skipped=n_skipped)
+
+
+def _finite(x: float) -> float:
+    return 0.0 if math.isnan(x) else x

@@ -1,0 +1,441 @@
+"""`ctxemo report RUN_DIR`: rebuild a run folder's tables, caller-level bootstrap and plots from its
+per-fold files (fold*/metrics.json, fold*/predictions.csv), for a cv folder (one configuration) or an
+ablation / demo folder (one cv folder per arm). Outputs hold ids and numbers only.
+
+Legend: n = pooled out-of-fold test segments, c = fine labels.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ctxemo import plots
+from ctxemo.errors import CtxemoError
+from ctxemo.experiment import HEADLINE, headline
+from ctxemo.io import read_json, write_json, write_text
+from ctxemo.metrics import paired_bootstrap, summarize_folds
+from ctxemo.report import markdown_table, print_comparison, write_csv, write_summary_tables
+
+FOLD_DIR = re.compile(r"^fold(\d+)$")
+BOOTSTRAP_METRICS = ("binary_f1", "fine_weighted_f1")
+N_BOOT = 1000
+TOP_PAIRS = 10
+BOOTSTRAP_HEADING = "## Caller-level paired bootstrap"
+
+
+def _p(value: Optional[float]) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3g}"
+
+
+# ----------------------------------------------------------------------------- run folder layout
+
+def fold_dirs(arm_dir: Path) -> Dict[int, Path]:
+    """{fold index: folder} of the finished folds (those with metrics.json), in fold order."""
+    found = {}
+    for child in Path(arm_dir).iterdir() if Path(arm_dir).is_dir() else ():
+        match = FOLD_DIR.match(child.name)
+        if match and (child / "metrics.json").is_file():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def _read_config(folder: Path) -> Optional[DictConfig]:
+    path = Path(folder) / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
+def arm_dirs(run_dir: Path) -> Dict[str, Path]:
+    """Arm subfolders of an ablation folder, in the order of its config (else of its summary, else by name)."""
+    run_dir = Path(run_dir)
+    present = {p.name: p for p in sorted(run_dir.iterdir()) if p.is_dir() and fold_dirs(p)}
+    order: List[str] = []
+    cfg = _read_config(run_dir)
+    if cfg is not None and OmegaConf.select(cfg, "ablation.arms"):
+        order = list(cfg.ablation.arms.keys())
+    elif (run_dir / "summary.json").is_file():
+        order = list(read_json(run_dir / "summary.json").get("arms", {}))
+    ranked = [a for a in order if a in present] + [a for a in present if a not in order]
+    return {a: present[a] for a in ranked}
+
+
+def detect_kind(run_dir: Path) -> str:
+    """'cv' when run_dir holds fold*/metrics.json itself, 'ablation' when its subfolders do."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CtxemoError(f"{run_dir}: no such run folder")
+    if fold_dirs(run_dir):
+        return "cv"
+    if arm_dirs(run_dir):
+        return "ablation"
+    raise CtxemoError(f"{run_dir}: neither a cv run (fold*/metrics.json) nor an ablation (<arm>/fold*/metrics.json)")
+
+
+def _reference(run_dir: Path, arms: Sequence[str]) -> str:
+    cfg = _read_config(run_dir)
+    ref = OmegaConf.select(cfg, "ablation.reference", default="") if cfg is not None else ""
+    if not ref and (run_dir / "summary.json").is_file():
+        ref = read_json(run_dir / "summary.json").get("reference", "")
+    return ref if ref in arms else arms[0]
+
+
+def fold_summary(arm_dir: Path, folds: Optional[Sequence[int]] = None) -> Dict:
+    """{metric: {mean, std, folds}} from fold*/metrics.json (all finished folds, or `folds`), as run_cv builds it."""
+    dirs = fold_dirs(arm_dir)
+    chosen = [k for k in dirs if folds is None or k in folds]
+    return summarize_folds([headline(read_json(dirs[k] / "metrics.json")) for k in chosen])
+
+
+# ----------------------------------------------------------------------------- pooled predictions
+
+@dataclass
+class Pooled:
+    """Out-of-fold test predictions of one arm, pooled over its folds."""
+
+    labels: List[str]
+    multilabel: bool
+    call_id: np.ndarray  # [n] str
+    segment_index: np.ndarray  # [n] int
+    caller_id: Optional[np.ndarray]  # [n] str, when predictions.csv carries it
+    p_negative: np.ndarray  # [n]
+    pred_negative: np.ndarray  # [n] 0/1, decided with the fold's tuned threshold
+    negative: np.ndarray  # [n] gold 0/1
+    p_fine: np.ndarray  # [n, c]
+    pred_fine: np.ndarray  # [n, c] 0/1: fold thresholds (multi-label) or one-hot argmax (multi-class)
+    gold_fine: np.ndarray  # [n, c] 0/1
+
+    def keys(self) -> List[Tuple[str, int]]:
+        return list(zip(self.call_id.tolist(), self.segment_index.tolist()))
+
+    def take(self, idx: np.ndarray) -> "Pooled":
+        """The rows `idx`, in that order."""
+        fields = ("call_id", "segment_index", "caller_id", "p_negative", "pred_negative", "negative", "p_fine",
+                  "pred_fine", "gold_fine")
+        values = [getattr(self, f) for f in fields]
+        return Pooled(self.labels, self.multilabel, *(None if v is None else v[idx] for v in values))
+
+    def fine_rows(self) -> np.ndarray:
+        """bool [n]: rows that fine metrics score. Multi-class: only rows with a gold label (an unlabelled
+        row has no class; the objective skips them in training too)."""
+        return np.ones(len(self.call_id), bool) if self.multilabel else self.gold_fine.sum(1) > 0
+
+
+def load_predictions(arm_dir: Path, *, folds: Optional[Sequence[int]] = None) -> Optional[Pooled]:
+    """Pool fold*/predictions.csv of an arm (or of the given folds). None when no fold has predictions."""
+    cfg = _read_config(arm_dir)
+    multilabel = bool(OmegaConf.select(cfg, "taxonomy.multilabel", default=True)) if cfg is not None else True
+    columns: Dict[str, list] = {}
+    pred_fine: List[np.ndarray] = []
+    labels: Optional[List[str]] = None
+    for k, folder in fold_dirs(arm_dir).items():
+        path = folder / "predictions.csv"
+        if (folds is not None and k not in folds) or not path.is_file():
+            continue
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        header = list(rows[0].keys()) if rows else []
+        fold_labels = [h[2:] for h in header if h.startswith("p_") and h != "p_negative"]
+        if not rows:
+            continue
+        if labels is not None and fold_labels != labels:
+            raise CtxemoError(f"{path}: label columns differ from the other folds")
+        labels = fold_labels
+        p = np.array([[float(r[f"p_{name}"]) for name in labels] for r in rows], dtype=float).reshape(len(rows), -1)
+        if multilabel:
+            cut = (read_json(folder / "metrics.json").get("thresholds") or {}).get("fine")
+            pred_fine.append((p >= np.asarray(0.5 if cut is None else cut, dtype=float)).astype(int))
+        else:
+            pred_fine.append(np.eye(len(labels), dtype=int)[p.argmax(1)])
+        for name in ("call_id", "segment_index", "p_negative", "pred_negative", "negative", "gold_labels"):
+            columns.setdefault(name, []).extend(r[name] for r in rows)
+        columns.setdefault("caller_id", []).extend(r.get("caller_id") for r in rows)
+        columns.setdefault("p_fine", []).append(p)
+    if labels is None:
+        return None
+    index = {name: i for i, name in enumerate(labels)}
+    gold = np.zeros((len(columns["call_id"]), len(labels)), dtype=int)
+    for i, text in enumerate(columns["gold_labels"]):
+        for name in filter(None, text.split(";")):
+            gold[i, index[name]] = 1
+    callers = columns["caller_id"]
+    return Pooled(
+        labels=labels, multilabel=multilabel,
+        call_id=np.array(columns["call_id"], dtype=object),
+        segment_index=np.array(columns["segment_index"], dtype=int),
+        caller_id=None if any(c in (None, "") for c in callers) else np.array(callers, dtype=object),
+        p_negative=np.array(columns["p_negative"], dtype=float),
+        pred_negative=np.array(columns["pred_negative"], dtype=int),
+        negative=np.array(columns["negative"], dtype=int),
+        p_fine=np.concatenate(columns["p_fine"]), pred_fine=np.concatenate(pred_fine), gold_fine=gold,
+    )
+
+
+def caller_groups(pooled: Pooled, arm_dir: Path) -> Tuple[np.ndarray, str]:
+    """([n] bootstrap group per row, "caller_id" | "call_id").
+
+    The caller comes from predictions.csv when it has the column, else from the manifest named in the
+    arm's config.yaml; without either, calls are resampled instead (reported as such).
+    """
+    if pooled.caller_id is not None:
+        return pooled.caller_id, "caller_id"
+    cfg = _read_config(arm_dir)
+    manifest_path = OmegaConf.select(cfg, "data.manifest", default=None) if cfg is not None else None
+    if manifest_path and Path(manifest_path).is_file():
+        from ctxemo.data.manifest import load_manifest
+        from ctxemo.taxonomy import Taxonomy
+
+        try:
+            manifest = load_manifest(manifest_path, Taxonomy.from_config(cfg.taxonomy), require_audio=False,
+                                     check_audio_exists=False)
+            caller_of = dict(zip(manifest.call_id, manifest.caller_id))
+            if all(c in caller_of for c in pooled.call_id):
+                return np.array([caller_of[c] for c in pooled.call_id], dtype=object), "caller_id"
+        except CtxemoError:
+            pass
+    return pooled.call_id, "call_id"
+
+
+# ----------------------------------------------------------------------------- metrics on pooled rows
+
+def binary_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """F1 of the negative class from 0/1 decisions (same value as sklearn's, zero_division=0)."""
+    y, pred = np.asarray(y) > 0, np.asarray(pred) > 0
+    tp = np.sum(y & pred)
+    denom = 2 * tp + np.sum(~y & pred) + np.sum(y & ~pred)
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Support-weighted mean of per-label F1 from [n, c] 0/1 gold and decisions (sklearn 'weighted',
+    zero_division=0; for one-hot rows this is the multi-class weighted F1)."""
+    y, pred = np.asarray(y) > 0, np.asarray(pred) > 0
+    tp = np.sum(y & pred, axis=0)
+    denom = 2 * tp + np.sum(~y & pred, axis=0) + np.sum(y & ~pred, axis=0)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(len(tp), dtype=float), where=denom > 0)
+    support = np.sum(y, axis=0)
+    return float(np.sum(f1 * support) / support.sum()) if support.sum() else 0.0
+
+
+def pair_counts(pooled: Pooled) -> np.ndarray:
+    """[c, c] (gold, predicted) confusion counts, as metrics.fine_metrics defines its confused pairs."""
+    keep = pooled.fine_rows()
+    y, pred = pooled.gold_fine[keep], pooled.pred_fine[keep]
+    if pooled.multilabel:
+        missed, spurious = (y == 1) & (pred == 0), (pred == 1) & (y == 0)
+        return missed.astype(int).T @ spurious.astype(int)
+    return y.astype(int).T @ pred.astype(int)
+
+
+def align(a: Pooled, b: Pooled) -> Tuple[np.ndarray, np.ndarray]:
+    """Row indices into a and b of the segments both arms scored, in a's order."""
+    where_b = {key: i for i, key in enumerate(b.keys())}
+    ia = [i for i, key in enumerate(a.keys()) if key in where_b]
+    return np.array(ia, dtype=int), np.array([where_b[key] for key in a.keys() if key in where_b], dtype=int)
+
+
+def bootstrap_arm(ref: Pooled, arm: Pooled, groups: np.ndarray, *, n_boot: int = N_BOOT,
+                  seed: int = 0) -> Dict[str, Dict]:
+    """Caller-level paired bootstrap of pooled binary F1 and fine weighted F1, arm minus reference.
+
+    Args:
+        ref, arm: pooled predictions of the two arms, already aligned row by row.
+        groups: [n] caller (or call) per row.
+    Returns:
+        {metric: metrics.paired_bootstrap's dict + n_rows}.
+    """
+    out = {"binary_f1": paired_bootstrap(ref.negative, ref.pred_negative, arm.pred_negative, groups,
+                                         metric_fn=binary_f1, n_boot=n_boot, seed=seed)}
+    out["binary_f1"]["n_rows"] = int(len(groups))
+    keep = ref.fine_rows()
+    out["fine_weighted_f1"] = paired_bootstrap(ref.gold_fine[keep], ref.pred_fine[keep], arm.pred_fine[keep],
+                                               np.asarray(groups)[keep], metric_fn=weighted_f1, n_boot=n_boot,
+                                               seed=seed)
+    out["fine_weighted_f1"]["n_rows"] = int(keep.sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- ablation comparison
+
+def bootstrap_comparison(run_dir: Path, arms: Sequence[str], *, reference: str, n_boot: int = N_BOOT,
+                         seed: int = 0, folds: Optional[Sequence[int]] = None) -> Dict:
+    """Paired caller-level bootstrap of every arm against `reference` on their pooled out-of-fold predictions.
+
+    Returns:
+        {"grouped_by", "n_boot", "seed", "metrics", "reference", "arms": {arm: {metric: {...}}}}; arms
+        without predictions are left out.
+    """
+    run_dir = Path(run_dir)
+    pooled = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}
+    result = {"reference": reference, "metrics": list(BOOTSTRAP_METRICS), "n_boot": n_boot, "seed": seed,
+              "grouped_by": None, "arms": {}}
+    ref = pooled.get(reference)
+    if ref is None:
+        return result
+    for arm in arms:
+        if arm == reference or pooled[arm] is None:
+            continue
+        ia, ib = align(ref, pooled[arm])
+        if ia.size == 0:
+            continue
+        ref_rows, arm_rows = ref.take(ia), pooled[arm].take(ib)
+        if not (np.array_equal(ref_rows.negative, arm_rows.negative)
+                and np.array_equal(ref_rows.gold_fine, arm_rows.gold_fine)):
+            raise CtxemoError(f"{run_dir}: arms {reference!r} and {arm!r} disagree on gold labels of the same segments")
+        groups, grouped_by = caller_groups(ref_rows, run_dir / reference)
+        result["grouped_by"] = grouped_by
+        result["arms"][arm] = bootstrap_arm(ref_rows, arm_rows, groups, n_boot=n_boot, seed=seed)
+    return result
+
+
+def bootstrap_markdown(boot: Dict) -> str:
+    unit = "callers" if boot["grouped_by"] == "caller_id" else "calls (no caller ids found)"
+    rows = []
+    for arm, tests in boot["arms"].items():
+        row = [arm]
+        for name in boot["metrics"]:
+            t = tests[name]
+            row.append(f"{100 * t['metric_b']:.2f} vs {100 * t['metric_a']:.2f}: Δ {100 * t['diff']:+.2f} "
+                       f"[{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}], p={_p(t['p'])}")
+        rows.append(row)
+    note = (f"{BOOTSTRAP_HEADING} (pooled out-of-fold predictions)\n\n"
+            f"Each metric on all test segments of all folds pooled, arm vs `{boot['reference']}`, in %; Δ with "
+            f"95% interval and two-sided p from {boot['n_boot']} resamples of {unit} (a resampled caller brings "
+            "all their segments). Complements the per-fold paired t-test above.\n\n")
+    return note + markdown_table(["arm", *boot["metrics"]], rows)
+
+
+def bootstrap_text(boot: Dict) -> str:
+    lines = [f"caller-level paired bootstrap vs {boot['reference']} (pooled out-of-fold, {boot['n_boot']} resamples "
+             f"of {boot['grouped_by'] or 'callers'}):"]
+    for arm, tests in boot["arms"].items():
+        cells = [f"{name} Δ {100 * t['diff']:+.2f} [{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}] "
+                 f"p_boot={_p(t['p'])}" for name, t in tests.items()]
+        lines.append(f"  {arm}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None] = print, n_boot: int = N_BOOT,
+                      seed: int = 0, make_plots: bool = True) -> Dict:
+    """Complete an ablation's comparison (after ablation.write_comparison): the caller-level bootstrap goes
+    into summary.json under "bootstrap", summary.md (a second table) and bootstrap.csv; then the plots.
+
+    Args:
+        result: write_comparison's return value ({"reference", "metrics", "arms", "paired"}).
+    Returns:
+        `result` with "bootstrap" added.
+    """
+    run_dir = Path(run_dir)
+    arms = list(result["arms"])
+    folds = _common_folds(run_dir, arms)
+    boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds)
+    result = dict(result, bootstrap=boot)
+    write_json(run_dir / "summary.json", result)
+    md_path = run_dir / "summary.md"
+    previous = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    previous = previous.split(BOOTSTRAP_HEADING)[0].rstrip("\n")
+    write_text(md_path, (previous + "\n\n" if previous else "") + bootstrap_markdown(boot))
+    write_csv(run_dir / "bootstrap.csv",
+              ["arm", "metric", "reference", "value_reference", "value_arm", "diff", "ci_low", "ci_high", "p",
+               "n_boot", "n_groups", "n_rows", "grouped_by"],
+              [[arm, name, boot["reference"], t["metric_a"], t["metric_b"], t["diff"], t["ci_low"], t["ci_high"],
+                t["p"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
+               for arm, tests in boot["arms"].items() for name, t in tests.items()])
+    if boot["arms"]:
+        log(bootstrap_text(boot))
+    if make_plots:
+        for path in write_plots(run_dir, {arm: run_dir / arm for arm in arms}, result["arms"],
+                                reference=result["reference"], folds=folds):
+            log(f"wrote {path}")
+    return result
+
+
+def _common_folds(run_dir: Path, arms: Sequence[str]) -> List[int]:
+    sets = [set(fold_dirs(Path(run_dir) / arm)) for arm in arms]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+# ----------------------------------------------------------------------------- plots
+
+def write_plots(run_dir: Path, arms: Dict[str, Path], summaries: Dict[str, Dict], *, reference: Optional[str],
+                folds: Optional[Sequence[int]] = None) -> List[Path]:
+    """Per-label F1 bars, confused-pair heatmaps (+ confused_pairs.md) and per-call scatters vs the reference."""
+    plot_dir = Path(run_dir) / "plots"
+    pooled = {arm: p for arm, folder in arms.items() if (p := load_predictions(folder, folds=folds)) is not None}
+    labels = next(iter(pooled.values())).labels if pooled else plots.labels_from_summary(summaries)
+    scores, support = plots.per_label_inputs(summaries, labels)
+    written = [plots.per_label_f1(plot_dir / "per_label_f1.png", scores, groups=["negative", *labels], support=support)]
+    if not pooled:
+        return written
+    counts = {arm: pair_counts(p) for arm, p in pooled.items()}
+    written.append(plots.confusion_pairs(plot_dir / "confused_pairs.png", counts, labels=labels, top=TOP_PAIRS))
+    gold_support = {arm: p.gold_fine[p.fine_rows()].sum(0) for arm, p in pooled.items()}
+    written.append(write_text(Path(run_dir) / "confused_pairs.md",
+                              plots.confused_pairs_markdown(counts, gold_support, labels=labels, top=TOP_PAIRS)))
+    for arm, p in pooled.items():
+        if reference not in pooled or arm == reference:
+            continue
+        ia, ib = align(pooled[reference], p)
+        if ia.size:
+            x, y, share = per_call_errors(pooled[reference].take(ia), p.take(ib))
+            name = f"per_call_{plots.safe_name(reference)}_vs_{plots.safe_name(arm)}.png"
+            written.append(plots.per_call_scatter(plot_dir / name, x, y, x_name=reference, y_name=arm,
+                                                  negative_share=share))
+    return written
+
+
+def per_call_errors(ref: Pooled, arm: Pooled) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per call (aligned rows): mean |p_negative - gold| of ref, of arm, and the call's negative share."""
+    calls, inverse = np.unique(ref.call_id.astype(str), return_inverse=True)
+    count = np.bincount(inverse, minlength=len(calls))
+
+    def mean(values):
+        return np.bincount(inverse, weights=values, minlength=len(calls)) / count
+
+    return (mean(np.abs(ref.p_negative - ref.negative)), mean(np.abs(arm.p_negative - arm.negative)),
+            mean(ref.negative.astype(float)))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def regenerate(run_dir: Path, *, n_boot: int = N_BOOT) -> str:
+    """Rebuild summary.json/.csv/.md, the bootstrap (ablations) and plots/ of a run folder from its fold files.
+
+    Returns:
+        The text to print: the table, the bootstrap and the files written.
+    """
+    run_dir = Path(run_dir)
+    lines: List[str] = []
+    if detect_kind(run_dir) == "cv":
+        summary = fold_summary(run_dir)
+        write_json(run_dir / "summary.json", summary)
+        write_summary_tables(run_dir, summary, metrics=HEADLINE)
+        cfg = _read_config(run_dir)
+        name = str(OmegaConf.select(cfg, "name", default=run_dir.name)) if cfg is not None else run_dir.name
+        headline_metrics = [m for m in HEADLINE if m in summary]
+        lines.append(print_comparison({name: summary}, {}, reference=name, metrics=headline_metrics))
+        written = [run_dir / f"summary.{ext}" for ext in ("json", "csv", "md")]
+        written += write_plots(run_dir, {name: run_dir}, {name: summary}, reference=None)
+        lines += [f"wrote {p}" for p in written]
+        return "\n".join(lines)
+
+    from ctxemo.ablation import write_comparison  # imported here so that ablation.py may import this module
+
+    arms = arm_dirs(run_dir)
+    for arm, folder in arms.items():  # each arm folder is a cv folder: refresh its own tables too
+        own = fold_summary(folder)
+        write_json(folder / "summary.json", own)
+        write_summary_tables(folder, own, metrics=HEADLINE)
+    folds = _common_folds(run_dir, list(arms))
+    if any(set(fold_dirs(f)) != set(folds) for f in arms.values()):
+        lines.append(f"note: comparing on folds {folds}, the finished folds common to every arm")
+    summaries = {arm: fold_summary(folder, folds) for arm, folder in arms.items()}
+    reference = _reference(run_dir, list(arms))
+    result = write_comparison(run_dir, summaries, reference=reference, log=lines.append)
+    finish_comparison(run_dir, result, log=lines.append, n_boot=n_boot)
+    lines += [f"wrote {run_dir / name}" for name in ("summary.json", "summary.csv", "summary.md", "bootstrap.csv")]
+    return "\n".join(lines)
