@@ -69,10 +69,10 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(job["threads"])
     paths = [Path(p) for p in job["paths"]]
     cfg = _config(job["family"])
-    from ctxemo.embed import _build_encoder, embed_manifest
+    from ctxemo.embed import build_cache_encoder, embed_manifest
 
     # Both ways get the same seeded random weights, built before the clock starts.
-    encoder = _build_encoder(cfg)
+    encoder = build_cache_encoder(cfg)
     # Transformer frames processed, padding included: a load-independent measure of the work done.
     frames = {"n": 0}
 

@@ -87,11 +87,11 @@ def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
     rebuilding cannot drift from the cache); with one, the configured encoder built under the same seed
     and then loaded with the saved trainable weights.
     """
-    from ctxemo.embed import _build_encoder
+    from ctxemo.embed import build_cache_encoder
     from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
 
     if adapter_dir is None:
-        return _build_encoder(cfg).eval()
+        return build_cache_encoder(cfg).eval()
     enc_cfg = as_encoder_config(cfg.encoder)
     enc_cfg.gradient_checkpointing = False
     with torch.random.fork_rng(devices=[]):

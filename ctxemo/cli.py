@@ -13,6 +13,19 @@ from typing import Optional, Sequence
 from ctxemo.errors import CtxemoError
 
 
+def _int_at_least(low: int):
+    """argparse type: an integer >= low (a negative seed or zero calls is a typo, not a request)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def _config_and_run_dir(args, command: str):
     from ctxemo.config import load_config, to_yaml
 
@@ -42,8 +55,8 @@ def cmd_synth(args) -> None:
         from ctxemo.config import DEFAULT_LABELS
 
         calls = load_manifest(manifest, Taxonomy(labels=tuple(DEFAULT_LABELS))).call_ids()[: args.recordings]
-        folder = write_call_recordings(manifest, Path(args.out) / "recordings", call_ids=calls, seed=args.seed)
-        print(f"wrote {len(calls)} whole-call recordings to {folder}")
+        turns = write_call_recordings(manifest, Path(args.out) / "recordings", call_ids=calls, seed=args.seed)
+        print(f"wrote {len(calls)} whole-call recordings to {turns.parent} (true turn boundaries: {turns})")
 
 
 def cmd_import_seed(args) -> None:
@@ -124,16 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic corpus -> isolated vs contextual CV, in minutes on a CPU")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--calls", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calls", type=_int_at_least(1), default=60)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic hotline corpus (wav files + manifest.csv)")
     p.add_argument("--out", required=True)
-    p.add_argument("--calls", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--recordings", type=int, default=0, help="also write N whole-call stereo recordings")
+    p.add_argument("--calls", type=_int_at_least(1), default=48)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--recordings", type=_int_at_least(0), default=0, help="also write N whole-call stereo recordings")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -180,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.func(args)
     except CtxemoError as exc:
         print(f"ctxemo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out names a file, permission denied, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ctxemo {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ctxemo {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

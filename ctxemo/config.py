@@ -231,6 +231,9 @@ def load_config(
     cfg = base.copy() if base is not None else schema.copy()
     for path in yaml_paths:
         for source, content in _read_yaml_with_parents(Path(path)):
+            if OmegaConf.select(content, "ablation.arms") is not None:
+                # A file that lists arms defines the whole grid: its parent's arms must not leak in.
+                cfg.ablation.arms = {}
             try:
                 cfg = OmegaConf.merge(cfg, content)
             except OmegaConfBaseException as exc:

@@ -100,8 +100,7 @@ def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
     if not is_distributed():
         return model
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
-                                                     broadcast_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
 
 def _loss_rows(items: Sequence[CallItem], objective: Objective) -> Tuple[int, int]:

@@ -21,9 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from ctxemo.errors import AudioError, ConfigError, ManifestError
+from ctxemo.data.audio import audio_info
+from ctxemo.errors import AudioError, ConfigError
 from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
 from ctxemo.models.frontend import pad_waves
 from ctxemo.models.backbones import check_local_folder, resolve_source, tiny_model_config
@@ -181,7 +182,7 @@ def embed_manifest(
     encoder_fp, description = encoder_fingerprint(cfg, encoder=encoder)
     if encoder_fp is None:  # a hub id not in the local cache yet: load (download) it, then identify it
         supplied = encoder
-        encoder = encoder or _build_encoder(cfg)
+        encoder = encoder or build_cache_encoder(cfg)
         encoder_fp, description = encoder_fingerprint(cfg, encoder=supplied)
         if encoder_fp is None:
             raise ConfigError(f"encoder.source {cfg.encoder.source!r}: loaded, but its hub revision cannot be "
@@ -206,7 +207,7 @@ def embed_manifest(
         if values is not None:
             bar.update(len(rows))
         else:
-            encoder = encoder or _build_encoder(cfg)
+            encoder = encoder or build_cache_encoder(cfg)
             values = _encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
             _atomic_save(shard_path, values)
         results.update(zip(rows, values))
@@ -258,7 +259,7 @@ def _load_matching(folder: Path, sidecar: Optional[Dict[str, Any]], encoder_fp: 
     return arr
 
 
-def _build_encoder(cfg: DictConfig) -> SegmentEncoder:
+def build_cache_encoder(cfg: DictConfig) -> SegmentEncoder:
     """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
     enc_cfg = as_encoder_config(cfg.encoder)
     enc_cfg.finetune = "frozen"
@@ -278,17 +279,12 @@ def _resolve_device(cfg: DictConfig, device: Optional[str]) -> torch.device:
 
 def _durations_sec(specs: Sequence[AudioSpec]) -> List[float]:
     """Segment lengths for bucketing, from the crop when given, else from the file header."""
-    import soundfile as sf
-
     out = []
     for spec in specs:
         if spec.start_sec is not None and spec.end_sec is not None:
             out.append(float(spec.end_sec) - float(spec.start_sec))
             continue
-        try:
-            info = sf.info(str(spec.path))
-        except Exception as exc:
-            raise AudioError(f"cannot read audio file {spec.path}: {exc}") from None
+        info = audio_info(spec.path)  # errors name the file (and say "empty" for 0-byte files)
         end = float(spec.end_sec) if spec.end_sec is not None else info.frames / info.samplerate
         out.append(end - float(spec.start_sec or 0.0))
     return out
@@ -361,33 +357,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def load_features(path: Union[str, Path], n_rows: int) -> np.ndarray:
-    """Load precomputed features (`data.features`): float32 .npy [n_rows, D], all finite.
-
-    Args:
-        path: the .npy file; n_rows: manifest rows it must align with.
-    Returns:
-        float32 [n_rows, D].
-    Raises:
-        ManifestError: missing/unreadable file, not float32, not 2-D, wrong row count, NaN/Inf rows;
-            each message names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"features file not found: {path}")
-    try:
-        feats = np.load(path, allow_pickle=False)  # data, never pickles
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: not a readable .npy array ({exc})") from None
-    if feats.dtype != np.float32:
-        raise ManifestError(f"{path}: features must be float32, got {feats.dtype} (save with .astype(np.float32))")
-    if feats.ndim != 2:
-        raise ManifestError(f"{path}: features must be 2-D [N, D], got shape {feats.shape}")
-    if feats.shape[0] != n_rows:
-        raise ManifestError(f"{path}: {feats.shape[0]} feature rows but the manifest has {n_rows} rows")
-    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
-    if len(bad):
-        raise ManifestError(f"{path}: NaN or Inf in feature row(s) {bad[:5].tolist()} (manifest row order)")
-    return feats

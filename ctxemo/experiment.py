@@ -20,7 +20,7 @@ from ctxemo.data.features import load_features
 from ctxemo.data.manifest import Manifest, load_manifest
 from ctxemo.data.splits import caller_folds, fold_prevalence, inner_split, load_folds, save_folds
 from ctxemo.errors import ConfigError, CtxemoError
-from ctxemo.io import read_json, write_json
+from ctxemo.io import atomic_path, read_json, write_json
 from ctxemo.metrics import binary_metrics, fine_metrics, flatten_metrics, summarize_folds, tune_binary_threshold, tune_thresholds
 from ctxemo.models.model import build_call_model
 from ctxemo.objective import build_objective
@@ -155,7 +155,8 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     if not distributed.is_main():  # every rank scored the full sets; rank 0 writes them
         return metrics
     fold_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(fold_dir / "model.safetensors"))
+    with atomic_path(fold_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp))
     write_predictions(fold_dir / "predictions.csv", test_scores, manifest=manifest, fold=fold,
                       binary_threshold=binary_threshold, fine_thresholds=fine_thresholds)
     write_json(fold_dir / "history.json", result.history)

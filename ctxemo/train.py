@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ctxemo import distributed
 from ctxemo.data.datasets import CallItem, batch_indices, collate

@@ -14,7 +14,7 @@ from ctxemo.config import DEFAULT_LABELS, load_config
 from ctxemo.taxonomy import Taxonomy
 
 # Two cores are shared by everything; more threads only adds contention for these tiny models.
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # (tests need no per-file thread fixtures)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -58,3 +58,9 @@ def test_diamond_defaults_merge_base_once(tmp_path):
     (tmp_path / "loop.yaml").write_text("defaults: [loop.yaml]\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config([tmp_path / "loop.yaml"])
+
+
+def test_child_arms_replace_parent_arms(tmp_path):
+    (tmp_path / "base.yaml").write_text("ablation:\n  arms:\n    a: [context.kind=identity]\n    b: []\n")
+    (tmp_path / "grid.yaml").write_text("defaults: [base.yaml]\nablation:\n  arms:\n    x: [loss.kind=bce]\n    y: []\n")
+    assert list(load_config([tmp_path / "grid.yaml"]).ablation.arms) == ["x", "y"]

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from ctxemo import distributed
@@ -36,7 +35,7 @@ METRIC_ATOL = 1e-4
 
 def _predictions(run_dir) -> dict:
     out = {}
-    for fold_dir in sorted(run_dir.glob("fold*")):
+    for fold_dir in sorted(run_dir.glob("fold[0-9]*")):
         with open(fold_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 out[row["call_id"], row["segment_index"]] = [float(v) for k, v in row.items() if k.startswith("p_")]

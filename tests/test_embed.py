@@ -9,20 +9,12 @@ import torch
 
 import ctxemo.embed as embed
 from ctxemo.config import load_config
-from ctxemo.embed import AudioSpec, embed_manifest, encoder_fingerprint, length_buckets, load_features
-from ctxemo.errors import AudioError, ManifestError
+from ctxemo.embed import AudioSpec, embed_manifest, encoder_fingerprint, length_buckets
+from ctxemo.errors import AudioError
 from ctxemo.models.encoders import SegmentEncoder
 from ctxemo.models.frontend import pad_waves
 
 SR = 16000
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -66,7 +58,7 @@ def test_first_run_matches_the_encoder_and_second_run_reuses(corpus, tmp_path, c
     first = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
     assert first.shape == (8, 32) and first.dtype == np.float32 and count_rows["rows"] == 8
     # Row i is the encoder applied to row i's audio alone (bucketing and padding change nothing).
-    enc = embed._build_encoder(cfg)
+    enc = embed.build_cache_encoder(cfg)
     wave = sf.read(corpus[6][0], start=int(0.4 * SR), stop=int(1.1 * SR), dtype="float32")[0][:, 0]
     with torch.no_grad():
         direct = enc(*pad_waves([wave])).numpy()
@@ -161,20 +153,3 @@ def test_length_buckets_respect_both_caps():
         assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= min(8.0, 1.25 * real))
     assert batches[0] == [3, 0, 7]  # shortest first
     assert batches[1:] == [[2], [5, 4], [1], [6]]  # 1.1 s + 2.5 s would pad too much; 14 s + 16 s too long
-
-
-def test_load_features_validates_and_names_the_file(tmp_path):
-    good = tmp_path / "feats.npy"
-    np.save(good, np.ones((4, 3), dtype=np.float32))
-    assert load_features(good, 4).shape == (4, 3)
-    np.save(tmp_path / "f64.npy", np.ones((4, 3)))
-    bad = np.ones((4, 3), dtype=np.float32)
-    bad[2, 1] = np.nan
-    np.save(tmp_path / "nan.npy", bad)
-    np.save(tmp_path / "flat.npy", np.ones(4, dtype=np.float32))
-    cases = [("f64.npy", 4, "float32"), ("nan.npy", 4, r"row\(s\) \[2\]"), ("flat.npy", 4, "2-D"),
-             ("feats.npy", 5, "5 rows"), ("absent.npy", 4, "not found")]
-    for name, rows, message in cases:
-        with pytest.raises(ManifestError, match=message) as info:
-            load_features(tmp_path / name, rows)
-        assert name in str(info.value)

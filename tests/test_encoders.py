@@ -18,14 +18,6 @@ SR = 16000
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")  # torch, via WavLM
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(family: str, seed: int = 0, **fields) -> SegmentEncoder:
     torch.manual_seed(seed)
     return SegmentEncoder.from_config(EncoderConfig(family=family, **fields), sample_rate=SR).eval()

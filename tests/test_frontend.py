@@ -13,14 +13,6 @@ from ctxemo.models.frontend import (WhisperLogMel, lengths_to_mask, normalize_wa
 MEL_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _speechlike(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     envelope = np.abs(np.sin(np.linspace(0, 6 * np.pi, n))) + 0.05

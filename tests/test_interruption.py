@@ -36,7 +36,8 @@ DRIVER = textwrap.dedent('''
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    when, n, pattern, marker, shard_rows = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
+    when, n, pattern = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    marker, shard_rows = Path(sys.argv[4]), int(sys.argv[5])
     if sys.argv[6] == "embed":  # (importing the encoder stack costs seconds; cv on features never needs it)
         import ctxemo.embed
         ctxemo.embed.embed_manifest = functools.partial(ctxemo.embed.embed_manifest, shard_rows=shard_rows)
@@ -62,37 +63,53 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+class Paused:
+    """`ctxemo ARGS` in a subprocess that pauses at a chosen point; `.kill()` SIGKILLs it there.
+
+    Started first, so the uninterrupted reference run can go on in-process while the child imports torch.
+    """
+
+    def __init__(self, tmp_path, args, *, when: str, n: int, pattern: str):
+        driver, self.marker = tmp_path / "driver.py", tmp_path / f"paused-{pattern}-{n}"
+        driver.write_text(DRIVER)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, str(driver), when, str(n), pattern, str(self.marker),
+                                      str(SHARD_ROWS), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, text=True)
+
+    def kill(self) -> None:
+        proc, deadline = self.proc, time.monotonic() + 300
+        try:
+            while not self.marker.exists():
+                if proc.poll() is not None:
+                    pytest.fail(f"ctxemo ended (rc {proc.returncode}) before the kill point:\n{proc.stderr.read()}")
+                if time.monotonic() > deadline:
+                    pytest.fail("the kill point was never reached")
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL
 
 
-def kill_at(tmp_path, args, *, when: str, n: int, pattern: str):
-    """Run `ctxemo ARGS` in a subprocess, SIGKILL it at the pause point; returns its stderr."""
-    driver, marker = tmp_path / "driver.py", tmp_path / f"paused-{pattern}-{n}"
-    driver.write_text(DRIVER)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(driver), when, str(n), pattern, str(marker), str(SHARD_ROWS),
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"ctxemo finished (rc {proc.returncode}) before the kill point:\n{proc.stderr.read()}")
-            if time.monotonic() > deadline:
-                pytest.fail("the kill point was never reached")
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return proc.stderr.read()
+@pytest.fixture
+def start_paused(tmp_path):
+    """Start `Paused` children; any still alive when the test ends (e.g. it failed early) is killed."""
+    children = []
+
+    def start(args, **kwargs):
+        children.append(Paused(tmp_path, args, **kwargs))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
 
 
 def assert_nothing_torn(folder):
@@ -135,7 +152,7 @@ def small_shards(monkeypatch):
     monkeypatch.setattr(embed, "embed_manifest", functools.partial(embed.embed_manifest, shard_rows=SHARD_ROWS))
 
 
-def test_embed_killed_mid_shard_resumes_to_the_same_embeddings(tmp_path, small_shards, monkeypatch):
+def test_embed_killed_mid_shard_resumes_to_the_same_embeddings(tmp_path, small_shards, monkeypatch, start_paused):
     spec = CorpusSpec(n_calls=6, seed=3, calls_per_caller=1, min_turns=4, max_turns=6, caller_turn_sec=(0.3, 0.6),
                       operator_turn_sec=(0.3, 0.5))
     manifest = generate_corpus(tmp_path / "corpus", spec=spec)
@@ -147,7 +164,9 @@ def test_embed_killed_mid_shard_resumes_to_the_same_embeddings(tmp_path, small_s
 
     args = ["embed", str(cfg), "--out", str(tmp_path / "killed"), "--quiet"]
     # Killed while the third shard's temp file is written but not yet renamed.
-    kill_at(tmp_path, args, when="before", n=3, pattern="shard-*.npy")
+    child = start_paused(args, when="before", n=3, pattern="shard-*.npy")
+    assert main(["embed", str(cfg), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    child.kill()
     cache = tmp_path / "killed" / "cache"
     assert len(list(cache.rglob("partial/shard-*.npy"))) == 2
     assert len(list(cache.rglob("partial/.shard-*.tmp"))) == 1
@@ -164,7 +183,6 @@ def test_embed_killed_mid_shard_resumes_to_the_same_embeddings(tmp_path, small_s
     monkeypatch.setattr(SegmentEncoder, "forward", counting)
     assert main(args) == 0
     assert encoded["rows"] == n_rows - 2 * SHARD_ROWS  # the two finished shards were kept, not recomputed
-    assert main(["embed", str(cfg), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
 
     resumed = np.load(next(cache.rglob("embeddings.npy")))
     whole = np.load(next((tmp_path / "whole" / "cache").rglob("embeddings.npy")))
@@ -187,11 +205,13 @@ ARMS = ["ablation.arms={a: [context.kind=identity], b: [context.kind=transformer
         "cv.folds=2"]
 
 
-def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_path, corpus):
+def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_path, corpus, start_paused):
     args = ["cv", str(corpus), *CV, "--out", str(tmp_path / "killed"), "--quiet"]
     # Killed with fold 0 trained, scored and saved, its metrics.json (the "fold done" marker) in a temp
     # file not yet renamed: the fold counts as unfinished and must come out the same when redone.
-    kill_at(tmp_path, args, when="before", n=1, pattern="metrics.json")
+    child = start_paused(args, when="before", n=1, pattern="metrics.json")
+    assert main(["cv", str(corpus), *CV, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    child.kill()
     killed = tmp_path / "killed"
     assert not (killed / "fold0" / "metrics.json").exists()
     assert list((killed / "fold0").glob(".metrics.json.*.tmp")) and (killed / "fold0" / "checkpoint.pt").is_file()
@@ -199,7 +219,6 @@ def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_p
     assert_nothing_torn(killed)
 
     assert main(args) == 0
-    assert main(["cv", str(corpus), *CV, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     resumed = json.loads((killed / "summary.json").read_text())
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     _assert_same_folds(per_fold(resumed), per_fold(whole))
@@ -207,17 +226,18 @@ def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_p
     assert_nothing_torn(killed)
 
 
-def test_ablate_killed_mid_epoch_of_the_second_arm_resumes_to_the_same_results(tmp_path, corpus):
+def test_ablate_killed_mid_epoch_of_the_second_arm_resumes_to_the_same_results(tmp_path, corpus, start_paused):
     args = ["ablate", str(corpus), *CV[:2], *ARMS, "--out", str(tmp_path / "killed"), "--quiet"]
     # Arm a: 2 folds x 2 epochs = 4 checkpoints; killed right after the 5th (arm b, fold 0, epoch 0).
-    kill_at(tmp_path, args, when="after", n=5, pattern="checkpoint.pt")
+    child = start_paused(args, when="after", n=5, pattern="checkpoint.pt")
+    assert main(["ablate", str(corpus), *CV[:2], *ARMS, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    child.kill()
     killed = tmp_path / "killed"
     assert (killed / "a" / "summary.json").is_file() and (killed / "b" / "fold0" / "checkpoint.pt").is_file()
     assert not (killed / "b" / "fold0" / "metrics.json").exists() and not (killed / "summary.json").exists()
     assert_nothing_torn(killed)
 
     assert main(args) == 0
-    assert main(["ablate", str(corpus), *CV[:2], *ARMS, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     resumed = json.loads((killed / "summary.json").read_text())["arms"]
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["arms"]
     assert set(resumed) == set(whole) == {"a", "b"}

@@ -4,7 +4,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import pytest
-import torch
 
 from ctxemo.bundle import load_bundle
 from ctxemo.data.audio import resample
@@ -13,14 +12,6 @@ from ctxemo.live import LiveSession
 from bundle_helpers import call_arrays, random_bundle, tiny_config
 
 SR = 16000
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kind,use_operator,window", [("transformer", False, 4), ("transformer", True, 4),

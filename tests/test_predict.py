@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 import ctxemo.predict as predict
 from ctxemo.bundle import load_bundle
@@ -19,14 +18,6 @@ from bundle_helpers import random_bundle, small_corpus, tiny_config
 
 SR = 16000
 TOLERANCE_SEC = 0.15  # segment boundaries vs true turn boundaries: 95% within this, all within 0.25 s
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

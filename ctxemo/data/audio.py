@@ -32,6 +32,8 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         return sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError variants

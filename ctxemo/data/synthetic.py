@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ctxemo import __version__
 from ctxemo.config import DEFAULT_LABELS

@@ -22,6 +22,8 @@ from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
+
+from ctxemo.io import atomic_path
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -327,7 +329,8 @@ class SegmentEncoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: t.cpu().contiguous() for n, t in self.trainable_state_dict().items()}
-        save_file(tensors, str(directory / ADAPTER_WEIGHTS))
+        with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
         meta = {"format": ADAPTER_FORMAT, **self._adapter_meta(), "keys": sorted(tensors)}
         (directory / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
         return directory

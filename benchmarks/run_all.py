@@ -1,0 +1,55 @@
+"""Run every benchmark script under benchmarks/ at a small size and print their tables, one after another.
+
+    python benchmarks/run_all.py                 # small sizes: a few minutes on 2 CPU cores
+    python benchmarks/run_all.py --full          # each script's own defaults (the sizes in README.md)
+    python benchmarks/run_all.py --only context  # scripts whose name contains "context"
+
+A script not listed in SMALL runs with its own defaults. Exit status: 1 if any script failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Arguments that make each known script finish in well under a few minutes on 2 CPU cores.
+SMALL = {
+    "bench_context.py": ["--scales", "0.1", "0.2", "--folds", "2"],
+    "bench_embed.py": ["--count", "8", "--max-sec", "6"],
+    "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
+}
+
+
+def scripts(only: str | None) -> list:
+    found = sorted(p for p in HERE.glob("bench_*.py"))
+    return [p for p in found if only is None or only in p.stem]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="run each script with its own default sizes")
+    parser.add_argument("--only", help="run only scripts whose name contains this")
+    args = parser.parse_args()
+    failed = []
+    print(f"{len(scripts(args.only))} benchmark(s); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    for script in scripts(args.only):
+        extra = [] if args.full else SMALL.get(script.name, [])
+        cmd = [sys.executable, str(script), *extra]
+        print(f"\n=== {script.name} {' '.join(extra)}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=HERE.parent).returncode  # output streams straight through
+        print(f"=== {script.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        if rc:
+            failed.append(script.name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
