@@ -111,7 +111,6 @@ class TrainConfig:
     early_stop_metric: str = "score"  # score = mean of binary AP and fine macro AP (threshold-free)
     window_segments: int = 8  # end_to_end: consecutive segments per training window
     device: str = "auto"  # auto | cpu | cuda
-    tensorboard: bool = False
 
 
 @dataclass

@@ -116,7 +116,21 @@ def _load_checkpoint(path: Path) -> dict:
         raise CtxemoError(f"cannot load checkpoint {path} safely: {exc}") from None
 
 
-def fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequence[CallItem], objective: Objective,
+def fit(model: CallModel, **kwargs) -> TrainResult:
+    """See `_fit`. On CPU the context stage trains on one thread: its tensors are tiny, and OpenMP
+    workers spin-waiting on a shared 2-core machine made each step ~10x slower (one demo fold, machine
+    shared with another job: 108 s with the default threads under cProfile, 9-10 s with one thread)."""
+    if resolve_device(kwargs["cfg_train"].device).type != "cpu":
+        return _fit(model, **kwargs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(model, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequence[CallItem], objective: Objective,
         taxonomy: Taxonomy, cfg_train, seed: int, window: int = 0, window_overlap: int = 0,
         checkpoint_path: Optional[Path] = None, resume: bool = False, progress: bool = True,
         desc: str = "train") -> TrainResult:

@@ -45,6 +45,14 @@ def _time_features(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
     return np.log1p(np.stack([gap, duration], axis=1)).astype(np.float32)
 
 
+def _take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows]; a view, not a copy, when the rows are consecutive (a call in manifest order), so
+    the items of a fold do not hold a second copy of the corpus features."""
+    if len(rows) and (np.diff(rows) == 1).all():
+        return array[rows[0]:rows[-1] + 1]
+    return array[rows]
+
+
 def build_call_items(manifest: Manifest, feats: np.ndarray, *, rows: Optional[np.ndarray] = None,
                      use_operator_turns: bool = False) -> List[CallItem]:
     """Group manifest rows (all, or those in `rows`) into calls ordered by segment_index.
@@ -66,7 +74,7 @@ def build_call_items(manifest: Manifest, feats: np.ndarray, *, rows: Optional[np
             continue
         items.append(CallItem(
             call_id=manifest.call_id[call_rows[0]], rows=call_rows,
-            feats=feats[call_rows].astype(np.float32, copy=False),
+            feats=_take_rows(feats, call_rows).astype(np.float32, copy=False),
             role=(~is_caller[call_rows]).astype(np.int64),
             time_feats=_time_features(manifest, call_rows),
             negative=manifest.negative[call_rows].astype(np.float32),
