@@ -11,8 +11,11 @@ the worker (the whole process: Python, torch, features, models), and the growth 
 worker had after its imports.
 
     python benchmarks/bench_context.py                     # 1x: the seed scale, both arms, 5 folds
-    python benchmarks/bench_context.py --scales 0.25 0.5 1 2 4
+    python benchmarks/bench_context.py --scales 0.25 0.5 1 2 4 train.epochs=3 train.patience=100  # growth
     python benchmarks/bench_context.py --scales 0.05 --folds 2 train.epochs=3   # a smoke run
+
+With a fixed number of epochs (as in the growth line above) the time per epoch per segment is the
+number to compare across sizes; with early stopping, the epochs run also vary with the data.
 """
 from __future__ import annotations
 
@@ -170,7 +173,9 @@ def main() -> None:
                         "experiments/configs/base.yaml is the study config)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--dim", type=int, default=SEED_DIM)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads of the worker (ctxemo's fit trains on one thread on CPU whatever this "
+                             "says; scoring and the rest use these)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE in the worker: idle OpenMP threads sleep instead of spinning "
                              "(on a shared machine, spinning threads starve the working ones)")

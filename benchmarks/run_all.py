@@ -41,7 +41,7 @@ def main() -> int:
         cmd = [sys.executable, str(script), *extra]
         print(f"\n=== {script.name} {' '.join(extra)}", flush=True)
         start = time.perf_counter()
-        rc = subprocess.run(cmd, cwd=HERE.parent).returncode  # output streams straight through
+        rc = subprocess.run(cmd, cwd=HERE.parent, check=False).returncode  # output streams straight through
         print(f"=== {script.name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - start:.0f} s",
               flush=True)
         if rc:

@@ -49,7 +49,7 @@ def test_two_ranks_match_one_process(features_config, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ctxemo.cli", "cv", str(features_config), *OVERRIDES, "--out", str(two_dir), "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     double = json.loads((two_dir / "summary.json").read_text(encoding="utf-8"))
