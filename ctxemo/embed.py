@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ctxemo.data.audio import audio_info
+from ctxemo.io import save_npy, write_text
 from ctxemo.errors import AudioError, ConfigError
 from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
 from ctxemo.models.frontend import pad_waves
@@ -209,7 +209,7 @@ def embed_manifest(
         else:
             encoder = encoder or build_cache_encoder(cfg)
             values = _encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
-            _atomic_save(shard_path, values)
+            save_npy(shard_path, np.ascontiguousarray(values, dtype=np.float32))
         results.update(zip(rows, values))
         if on_shard_done is not None:
             on_shard_done(number)
@@ -221,10 +221,10 @@ def embed_manifest(
         out[i] = results[i] if i in results else old[previous[h]]
     # Drop the old sidecar first: a crash between the two writes must not pair new rows with old hashes.
     (folder / SIDECAR_FILE).unlink(missing_ok=True)
-    _atomic_save(folder / EMBEDDINGS_FILE, out)
+    save_npy(folder / EMBEDDINGS_FILE, np.ascontiguousarray(out, dtype=np.float32))
     meta = {"format": CACHE_FORMAT, "encoder_fingerprint": encoder_fp, "audio_fingerprint": audio_fp,
             "n_rows": len(specs), "dim": dim, "dtype": "float32", "encoder": description, "row_hashes": hashes}
-    _atomic_write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
+    write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
     for path in partial.glob("shard-*.npy") if partial.is_dir() else []:
         path.unlink(missing_ok=True)
     return out
@@ -342,18 +342,3 @@ def _encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[Audio
             bar.update(len(batch))
     encoder.train(was_training)  # a caller's encoder goes back the way it came
     return out
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

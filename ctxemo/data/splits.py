@@ -6,13 +6,12 @@ every label column by iterative stratification (Sechidis et al. 2011) over calle
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ctxemo.io import write_json
 from ctxemo.errors import ManifestError
 
 FOLDS_FORMAT_VERSION = 1
@@ -203,18 +202,7 @@ def save_folds(path: Union[str, Path], folds: List[np.ndarray], groups: Sequence
         "n_rows": [int(len(f)) for f in folds],
         "folds": [sorted(set(caller_ids[f].tolist())) for f in folds],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, payload)
 
 
 def load_folds(path: Union[str, Path], groups: Sequence[str]) -> List[np.ndarray]:

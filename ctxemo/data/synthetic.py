@@ -7,8 +7,6 @@ while the call's mean (the caller's baseline) and the neighbouring turns (persis
 """
 from __future__ import annotations
 
-import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from tqdm import tqdm
 
 from ctxemo import __version__
 from ctxemo.config import DEFAULT_LABELS
+from ctxemo.io import write_json
 from ctxemo.data.synthetic_voice import (  # noqa: F401  (write_call_recordings is part of this API)
     ChannelParams, VoiceParams, write_csv_atomic, synthesize_segment, write_call_recordings,
 )
@@ -383,12 +382,6 @@ def sample_corpus_params(spec: CorpusSpec = CorpusSpec(), *, sample_rate: int = 
     )
 
 
-def _write_json_atomic(path: Path, content: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _segment_rng(seed: int, call_number: int, segment_index: int) -> np.random.Generator:
     """Each turn's audio has its own stream: it depends on its parameters only, not on the others."""
     return np.random.default_rng([seed, 1, call_number, segment_index])
@@ -461,7 +454,7 @@ def generate_corpus(
     caller = params.is_caller
     spec_dict = asdict(spec)
     spec_dict["labels"] = list(spec.labels)
-    _write_json_atomic(out / "corpus.json", {
+    write_json(out / "corpus.json", {
         "generator": "ctxemo.data.synthetic.generate_corpus",
         "ctxemo_version": __version__,
         "seed": spec.seed,
