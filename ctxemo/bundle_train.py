@@ -19,7 +19,7 @@ from ctxemo.errors import ConfigError
 from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner
 from ctxemo.io import write_json
 from ctxemo.metrics import tune_binary_threshold, tune_thresholds
-from ctxemo.models.model import build_call_model
+from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.objective import build_objective
 from ctxemo.runinfo import start_run
 from ctxemo.scoring import score_items
@@ -58,7 +58,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
     torch.manual_seed(cfg.seed)
     model = build_call_model(cfg, d_in=data.feats.shape[1], taxonomy=taxonomy, fine_bias=fine_bias,
-                             train_feats=data.feats[fit_rows])
+                             train_stats=feature_stats(data.feats, fit_rows))
     window, overlap = int(cfg.context.window), int(cfg.context.window_overlap)
     result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
                  cfg_train=cfg.train, seed=cfg.seed, window=window, window_overlap=overlap,

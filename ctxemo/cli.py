@@ -80,25 +80,34 @@ def cmd_embed(args) -> None:
 
 
 def cmd_cv(args) -> None:
+    from ctxemo import distributed
     from ctxemo.experiment import HEADLINE, run_cv
     from ctxemo.report import print_comparison
     from ctxemo.runinfo import start_run
 
     cfg, run_dir = _config_and_run_dir(args, "cv")
-    start_run(run_dir, cfg, command="cv")
+    distributed.init_from_env()  # under torchrun: every rank trains, rank 0 alone writes and prints
+    if distributed.is_main():
+        start_run(run_dir, cfg, command="cv")
     summary = run_cv(cfg, run_dir, progress=not args.quiet)
-    print(print_comparison({cfg.name: summary}, {}, reference=cfg.name, metrics=[m for m in HEADLINE if m in summary]))
-    print(f"results in {run_dir}")
+    if distributed.is_main():
+        print(print_comparison({cfg.name: summary}, {}, reference=cfg.name,
+                               metrics=[m for m in HEADLINE if m in summary]))
+        print(f"results in {run_dir}")
 
 
 def cmd_ablate(args) -> None:
+    from ctxemo import distributed
     from ctxemo.ablation import run_ablation
     from ctxemo.runinfo import start_run
 
     cfg, run_dir = _config_and_run_dir(args, "ablate")
-    start_run(run_dir, cfg, command="ablate")
+    distributed.init_from_env()
+    if distributed.is_main():
+        start_run(run_dir, cfg, command="ablate")
     run_ablation(cfg, run_dir, progress=not args.quiet)
-    print(f"results in {run_dir}")
+    if distributed.is_main():
+        print(f"results in {run_dir}")
 
 
 def cmd_report(args) -> None:

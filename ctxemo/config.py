@@ -73,7 +73,8 @@ class ContextConfig:
     d_model: int = 64
     depth: int = 2
     heads: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the input, residual branches and MLP
+    attention_dropout: float = 0.0  # on attention weights; > 0 makes CPU attention ~5x slower (context.py)
     causal: bool = False  # True: a segment sees only itself and earlier segments (live use)
     window: int = 0  # segments per window for long calls; 0 = whole call at once
     window_overlap: int = 0  # segments shared by consecutive windows (outputs are stitched)
@@ -100,7 +101,8 @@ class LossConfig:
 class TrainConfig:
     mode: str = "two_stage"  # two_stage (context on cached embeddings) | end_to_end
     epochs: int = 40
-    batch_calls: int = 8
+    batch_calls: int = 8  # calls per batch (end_to_end: windows of window_segments segments per batch)
+    bucket_calls: int = 64  # sort each run of this many shuffled calls by length into batches; 0 = off
     lr: float = 2e-3
     encoder_lr: float = 5e-5
     weight_decay: float = 0.01
@@ -108,6 +110,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     patience: int = 8  # epochs without inner-validation improvement before stopping
+    min_delta: float = 0.0  # an epoch counts as an improvement only if it beats the best by more than this
     early_stop_metric: str = "score"  # score = mean of binary AP and fine macro AP (threshold-free)
     window_segments: int = 8  # end_to_end: consecutive segments per training window
     device: str = "auto"  # auto | cpu | cuda

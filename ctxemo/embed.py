@@ -208,7 +208,7 @@ def embed_manifest(
             bar.update(len(rows))
         else:
             encoder = encoder or build_cache_encoder(cfg)
-            values = _encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
+            values = encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
             save_npy(shard_path, np.ascontiguousarray(values, dtype=np.float32))
         results.update(zip(rows, values))
         if on_shard_done is not None:
@@ -261,10 +261,16 @@ def _load_matching(folder: Path, sidecar: Optional[Dict[str, Any]], encoder_fp: 
 
 def build_cache_encoder(cfg: DictConfig) -> SegmentEncoder:
     """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
+    return build_seeded_encoder(cfg, finetune="frozen", gradient_checkpointing=False)
+
+
+def build_seeded_encoder(cfg: DictConfig, **overrides: Any) -> SegmentEncoder:
+    """`cfg.encoder` (with `overrides` of its fields) built under `cfg.seed`: the same config gives the same
+    random weights, so an end-to-end model starts from the encoder that filled the embedding cache.
+    Seeded inside a forked RNG, so the caller's RNG stream is not disturbed."""
     enc_cfg = as_encoder_config(cfg.encoder)
-    enc_cfg.finetune = "frozen"
-    enc_cfg.gradient_checkpointing = False
-    # Seed inside a forked RNG: same config -> same random weights, without disturbing the caller's RNG.
+    for key, value in overrides.items():
+        setattr(enc_cfg, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
         return SegmentEncoder.from_config(enc_cfg, sample_rate=int(cfg.data.sample_rate))
@@ -319,9 +325,9 @@ def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch
     return batches
 
 
-def _encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *, device: Optional[str],
-                 bar: tqdm) -> np.ndarray:
-    """Embeddings [len(specs), D] in the given order, computed in length-bucketed batches."""
+def encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *, device: Optional[str] = None,
+                bar: Optional[tqdm] = None) -> np.ndarray:
+    """Embeddings [len(specs), D] in the given order, computed in length-bucketed batches (no cache)."""
     from ctxemo.data.audio import read_audio
 
     target = _resolve_device(cfg, device)
@@ -339,6 +345,7 @@ def _encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[Audio
             padded, lens = pad_waves(waves, min_samples=max(min_samples, 1))
             emb = encoder(padded.to(target), lens.to(target))
             out[batch] = emb.float().cpu().numpy()
-            bar.update(len(batch))
+            if bar is not None:
+                bar.update(len(batch))
     encoder.train(was_training)  # a caller's encoder goes back the way it came
     return out

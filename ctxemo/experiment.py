@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,19 +15,19 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from ctxemo import distributed
-from ctxemo.data.datasets import build_call_items
+from ctxemo.data.datasets import CallItem, build_call_items
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import Manifest, load_manifest
 from ctxemo.data.splits import caller_folds, fold_prevalence, inner_split, load_folds, save_folds
 from ctxemo.errors import ConfigError, CtxemoError
 from ctxemo.io import atomic_path, read_json, write_json
 from ctxemo.metrics import binary_metrics, fine_metrics, flatten_metrics, summarize_folds, tune_binary_threshold, tune_thresholds
-from ctxemo.models.model import build_call_model
+from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.objective import build_objective
 from ctxemo.report import write_predictions, write_summary_tables
 from ctxemo.scoring import SegmentScores, score_items
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.train import fit, resolve_device
+from ctxemo.train import TrainResult, fit, resolve_device
 
 # Headline metrics, in table order. Names are documented in README ("Reading a run folder").
 HEADLINE = ["binary_f1", "binary_seed_weighted_f1", "binary_auroc", "fine_weighted_f1", "fine_macro_f1",
@@ -37,7 +37,7 @@ HEADLINE = ["binary_f1", "binary_seed_weighted_f1", "binary_auroc", "fine_weight
 @dataclass
 class CorpusData:
     manifest: Manifest
-    feats: np.ndarray  # [n, d] float32, row i = manifest row i
+    feats: np.ndarray  # [n, d] float32, row i = manifest row i; d = 0 in end-to-end mode (no cached embeddings)
 
 
 def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress: bool = True) -> CorpusData:
@@ -45,9 +45,15 @@ def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress:
     if not cfg.data.manifest:
         raise CtxemoError("config key 'data.manifest' is not set (give data.manifest=path/to/manifest.csv)")
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
+    end_to_end = cfg.train.mode == "end_to_end"
+    if end_to_end and cfg.data.features:
+        raise ConfigError("config key 'data.features' is set, but train.mode=end_to_end trains the encoder on "
+                          "the audio: unset data.features (data.features=null) or use train.mode=two_stage")
     precomputed = bool(cfg.data.features)
     manifest = load_manifest(cfg.data.manifest, taxonomy, require_audio=not precomputed)
-    if precomputed:
+    if end_to_end:
+        feats = np.zeros((len(manifest), 0), np.float32)  # the encoder embeds the audio while training
+    elif precomputed:
         feats = load_features(cfg.data.features, len(manifest))
     else:
         from ctxemo.embed import embed_manifest  # the encoder stack loads only when needed
@@ -118,34 +124,64 @@ def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: flo
     }
 
 
-def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray, fold_dir: Path,
-             progress: bool = True) -> Dict:
-    """Train on the other folds' callers (inner split for early stopping), tune thresholds on the inner
-    validation callers, then score the test fold once. Writes metrics.json, predictions.csv, model."""
-    manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
+# A trained fold's model as a function: calls -> SegmentScores of their caller segments.
+Scorer = Callable[[Sequence[CallItem]], SegmentScores]
+
+
+def fold_items(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray) -> Dict[str, List[CallItem]]:
+    """Calls of the fold: "fit" and "val" (caller-disjoint, both from the training folds) and "test"."""
+    manifest = data.manifest
     train_rows = np.setdiff1d(np.arange(len(manifest)), test_rows)
     fit_rows, val_rows = split_inner(manifest, train_rows, val_fraction=cfg.cv.inner_val_fraction,
                                      seed=cfg.seed + fold)
-    use_operator = cfg.data.use_operator_turns
-    items = {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=use_operator)
-             for name, rows in (("fit", fit_rows), ("val", val_rows), ("test", test_rows))}
-    objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
+    return {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=cfg.data.use_operator_turns)
+            for name, rows in (("fit", fit_rows), ("val", val_rows), ("test", test_rows))}
+
+
+def callers_of(manifest: Manifest, calls: Sequence[CallItem]) -> set:
+    return {manifest.caller_id[it.rows[0]] for it in calls}
+
+
+def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, objective,
+                    fine_bias, fold: int, fold_dir: Path, progress: bool) -> Tuple[TrainResult, Scorer]:
+    """Context stage + heads on the cached segment embeddings of the fit calls."""
+    taxonomy = Taxonomy.from_config(cfg.taxonomy)
+    # Feature statistics over every row of the fit callers (operator turns included).
+    fit_rows = rows_of_callers(data.manifest, callers_of(data.manifest, items["fit"]))
     torch.manual_seed(cfg.seed + fold)
     model = build_call_model(cfg, d_in=data.feats.shape[1], taxonomy=taxonomy, fine_bias=fine_bias,
-                             train_feats=data.feats[fit_rows])
+                             train_stats=feature_stats(data.feats, fit_rows))
     window, overlap = cfg.context.window, cfg.context.window_overlap
     result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
                  cfg_train=cfg.train, seed=cfg.seed + fold, window=window, window_overlap=overlap,
                  checkpoint_path=fold_dir / "checkpoint.pt", resume=True, progress=progress,
                  desc=f"fold {fold}")
     device = resolve_device(cfg.train.device)
-    val_scores, _ = score_items(model, items["val"], window=window, overlap=overlap, device=device)
+    return result, lambda calls: score_items(model, calls, window=window, overlap=overlap, device=device)[0]
+
+
+def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray, fold_dir: Path,
+             progress: bool = True) -> Dict:
+    """Train on the other folds' callers (inner split for early stopping), tune thresholds on the inner
+    validation callers, then score the test fold once. Writes metrics.json, predictions.csv, model."""
+    manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
+    items = fold_items(cfg, data, fold=fold, test_rows=test_rows)
+    objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
+    if cfg.train.mode == "end_to_end":
+        from ctxemo.end_to_end import train_end_to_end  # the encoder stack loads only when needed
+
+        train = train_end_to_end
+    else:
+        train = train_two_stage
+    result, score = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=fold, fold_dir=fold_dir,
+                          progress=progress)
+    val_scores = score(items["val"])
     if cfg.cv.tune_thresholds:
         binary_threshold = tune_binary_threshold(val_scores.negative, val_scores.p_negative)
         fine_thresholds = tune_thresholds(val_scores.fine, val_scores.p_fine) if taxonomy.multilabel else None
     else:
         binary_threshold, fine_thresholds = 0.5, None
-    test_scores, _ = score_items(model, items["test"], window=window, overlap=overlap, device=device)
+    test_scores = score(items["test"])
     metrics = evaluate(test_scores, taxonomy=taxonomy, binary_threshold=binary_threshold,
                        fine_thresholds=fine_thresholds)
     metrics.update(fold=fold, best_epoch=result.best_epoch, epochs_run=len(result.history),
@@ -186,11 +222,6 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     """
     run_dir = Path(run_dir)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
-    if cfg.train.mode != "two_stage":
-        # End-to-end (LoRA encoder + context on windows) is not wired into CV yet: refuse rather than
-        # silently train on frozen embeddings and report numbers for the wrong arm.
-        raise ConfigError("config key 'train.mode' = 'end_to_end' is not available in cv/ablate yet; "
-                          "use train.mode=two_stage")
     data = data if data is not None else load_corpus(cfg, progress=progress)
     folds = get_folds(data.manifest, folds_path or run_dir / "folds.json", n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)

@@ -4,7 +4,6 @@ uninterrupted run would have.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ctxemo import distributed
-from ctxemo.data.datasets import CallItem, batch_indices, collate
+from ctxemo.data.datasets import CallBatch, CallItem, batch_indices, collate
 from ctxemo.errors import CtxemoError
 from ctxemo.io import atomic_path
 from ctxemo.models.model import CallModel
@@ -81,12 +81,12 @@ class TrainResult:
     state_dict: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _is_better(value: float, best: Optional[float], metric: str) -> bool:
+def _is_better(value: float, best: Optional[float], metric: str, min_delta: float = 0.0) -> bool:
     if best is None:
         return True
     if not np.isfinite(value):
         return False
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    return value < best - min_delta if metric in LOWER_IS_BETTER else value > best + min_delta
 
 
 def parameter_groups(model: torch.nn.Module, *, lr: float, encoder_lr: float, weight_decay: float) -> List[dict]:
@@ -103,6 +103,25 @@ def parameter_groups(model: torch.nn.Module, *, lr: float, encoder_lr: float, we
             for (enc, nd), params in groups.items()]
 
 
+def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """CPU copies of what training can change: trainable parameters and every buffer.
+
+    Frozen parameters (e.g. a LoRA model's base encoder) are left out: they are rebuilt identically from
+    the config, and copying them every epoch would cost gigabytes for a large encoder.
+    """
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Inverse of `trainable_state`; refuses a state that misses a trainable parameter or adds keys."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise CtxemoError(f"saved state does not match the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                          f"unexpected {sorted(unexpected)[:5]}")
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -116,11 +135,12 @@ def _load_checkpoint(path: Path) -> dict:
         raise CtxemoError(f"cannot load checkpoint {path} safely: {exc}") from None
 
 
-def fit(model: CallModel, **kwargs) -> TrainResult:
-    """See `_fit`. On CPU the context stage trains on one thread: its tensors are tiny, and OpenMP
-    workers spin-waiting on a shared 2-core machine made each step ~10x slower (one demo fold, machine
-    shared with another job: 108 s with the default threads under cProfile, 9-10 s with one thread)."""
-    if resolve_device(kwargs["cfg_train"].device).type != "cpu":
+def fit(model: nn.Module, **kwargs) -> TrainResult:
+    """See `_fit`. On CPU the context stage (a CallModel alone) trains on one thread: its tensors are
+    tiny, and OpenMP workers spin-waiting on a shared 2-core machine made each step ~10x slower (one demo
+    fold, machine shared with another job: 108 s with the default threads under cProfile, 9-10 s with one
+    thread). End-to-end models run a speech encoder, whose large matmuls do use the threads."""
+    if resolve_device(kwargs["cfg_train"].device).type != "cpu" or not isinstance(model, CallModel):
         return _fit(model, **kwargs)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -130,11 +150,20 @@ def fit(model: CallModel, **kwargs) -> TrainResult:
         torch.set_num_threads(threads)
 
 
-def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequence[CallItem], objective: Objective,
-        taxonomy: Taxonomy, cfg_train, seed: int, window: int = 0, window_overlap: int = 0,
-        checkpoint_path: Optional[Path] = None, resume: bool = False, progress: bool = True,
-        desc: str = "train") -> TrainResult:
-    """Train `model` on whole calls; keep the state that scored best on the inner validation calls.
+EpochItems = Callable[[torch.Generator], Sequence[CallItem]]
+MakeBatch = Callable[[Sequence[CallItem], torch.device], CallBatch]
+Validate = Callable[[nn.Module, torch.device], tuple]
+
+
+def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequence[CallItem], objective: Objective,
+         taxonomy: Taxonomy, cfg_train, seed: int, window: int = 0, window_overlap: int = 0,
+         checkpoint_path: Optional[Path] = None, resume: bool = False, progress: bool = True,
+         desc: str = "train", epoch_items: Optional[EpochItems] = None, make_batch: MakeBatch = collate,
+         validate: Optional[Validate] = None) -> TrainResult:
+    """Train `model`; keep the state that scored best on the inner validation calls.
+
+    Two-stage mode (the defaults): `model` is a CallModel, a training unit is a whole call of
+    `train_items`. End-to-end mode (ctxemo.end_to_end) passes the three hooks instead.
 
     Args:
         train_items / val_items: calls of the training callers, split by caller (never the test fold).
@@ -142,9 +171,21 @@ def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequen
         seed: seeds batch order and dropout; same seed + data -> identical result on CPU.
         checkpoint_path: written atomically after every epoch; with `resume`, training continues from it.
             Under torchrun (ctxemo.distributed) each rank trains on its share of every batch; rank 0 writes.
+        epoch_items: the training units of one epoch, drawn with the batch-order generator (default:
+            `train_items`); their number must not change between epochs (it fixes the LR schedule).
+        make_batch: units -> CallBatch whose `.inputs` the model takes (default: `collate`).
+        validate: (model, device) -> (SegmentScores, loss) on the inner validation calls (default:
+            `score_items` over `val_items`).
     Returns:
-        TrainResult with the best state (already loaded into `model`) and the per-epoch history.
+        TrainResult with the best state (already loaded into `model`) and the per-epoch history; its
+        state holds trainable parameters and buffers only (see `trainable_state`).
     """
+    if epoch_items is None:
+        epoch_items = lambda generator: train_items  # noqa: E731
+    if validate is None:
+        validate = lambda m, device: score_items(  # noqa: E731
+            m, val_items, window=window, overlap=window_overlap, batch_calls=cfg_train.batch_calls, device=device,
+            objective=objective)
     device = resolve_device(cfg_train.device)
     model.to(device)
     objective.to(device)
@@ -152,19 +193,20 @@ def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequen
     metric = cfg_train.early_stop_metric
     optimizer = torch.optim.AdamW(parameter_groups(model, lr=cfg_train.lr, encoder_lr=cfg_train.encoder_lr,
                                                    weight_decay=cfg_train.weight_decay))
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg_train.batch_calls) / cfg_train.grad_accum)
+    units_per_epoch = len(epoch_items(torch.Generator().manual_seed(seed)))
+    steps_per_epoch = math.ceil(math.ceil(units_per_epoch / cfg_train.batch_calls) / cfg_train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg_train.epochs, cfg_train.warmup_frac))
     generator = torch.Generator().manual_seed(seed)  # batch order: the same on every rank
     torch.manual_seed(seed + distributed.rank())  # dropout: a stream per rank (rank 0 = one process)
     start_epoch, best, best_epoch, stale = 0, None, -1, 0
     history: List[Dict[str, float]] = []
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = trainable_state(model)
     best_metrics: Dict[str, float] = {}
 
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ckpt = _load_checkpoint(Path(checkpoint_path))
-        model.load_state_dict(ckpt["model"])
+        load_trainable_state(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
@@ -180,10 +222,12 @@ def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequen
         model.train()
         total, batches = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
-        for i, calls in enumerate(batch_indices(len(train_items), batch_calls=cfg_train.batch_calls, shuffle=True,
-                                                generator=generator)):
-            calls, step_objective = distributed.shard_batch(calls, train_items, objective)
-            batch = collate([train_items[j] for j in calls], device)
+        units = epoch_items(generator)
+        order = batch_indices(len(units), batch_calls=cfg_train.batch_calls, shuffle=True, generator=generator,
+                              lengths=[len(u.rows) for u in units], bucket_calls=cfg_train.bucket_calls)
+        for i, calls in enumerate(order):
+            calls, step_objective = distributed.shard_batch(calls, units, objective)
+            batch = make_batch([units[j] for j in calls], device)
             with autocast(device):
                 loss = step_objective(train_model(batch.inputs), batch)
             (loss / cfg_train.grad_accum).backward()
@@ -192,27 +236,26 @@ def _fit(model: CallModel, *, train_items: Sequence[CallItem], val_items: Sequen
                 _step(model, optimizer, scheduler, cfg_train.grad_clip)
         if batches % cfg_train.grad_accum:
             _step(model, optimizer, scheduler, cfg_train.grad_clip)
-        scores, val_loss = score_items(model, val_items, window=window, overlap=window_overlap,
-                                       batch_calls=cfg_train.batch_calls, device=device, objective=objective)
+        scores, val_loss = validate(model, device)
         metrics = validation_metrics(scores, taxonomy=taxonomy, loss=val_loss)
         metrics.update(epoch=epoch, train_loss=distributed.all_reduce_mean(total) / max(batches, 1))
         metrics = distributed.broadcast_object(metrics)  # every rank takes rank 0's early-stopping decision
         history.append(metrics)
-        if _is_better(metrics[metric], best, metric):
+        if _is_better(metrics[metric], best, metric, cfg_train.min_delta):
             best, best_epoch, stale = metrics[metric], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = trainable_state(model)
             best_metrics = dict(metrics)
         else:
             stale += 1
         bar.set_postfix({"train_loss": f"{metrics['train_loss']:.3f}", f"val_{metric}": f"{metrics[metric]:.3f}"})
         if checkpoint_path is not None and distributed.is_main():
             _save_checkpoint(Path(checkpoint_path), {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                 "stale": stale, "history": history, "best_state": best_state, "best_metrics": best_metrics,
             })
-    model.load_state_dict(best_state)
+    load_trainable_state(model, best_state)
     return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, state_dict=best_state)
 
 

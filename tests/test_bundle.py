@@ -12,7 +12,7 @@ from ctxemo.bundle import (ENCODER_FILE, META_FILE, Thresholds, _sha256, build_e
                            save_bundle)
 from ctxemo.cli import main
 from ctxemo.errors import BundleError
-from ctxemo.models.model import build_call_model, forward_windowed
+from ctxemo.models.model import build_call_model, feature_stats, forward_windowed
 from ctxemo.taxonomy import Taxonomy
 
 from bundle_helpers import SR, call_arrays, random_bundle, small_corpus, tiny_config
@@ -24,7 +24,8 @@ def test_round_trip_scores_like_the_saved_model(tmp_path):
     cfg = tiny_config(tmp_path, "data.features=unused.npy", "context.window=4", "data.use_operator_turns=true")
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     torch.manual_seed(1)
-    model = build_call_model(cfg, d_in=6, taxonomy=taxonomy, train_feats=torch.randn(50, 6) * 3 + 1)
+    stats = feature_stats(torch.randn(50, 6).numpy() * 3 + 1)
+    model = build_call_model(cfg, d_in=6, taxonomy=taxonomy, train_stats=stats)
     save_bundle(tmp_path / "b", cfg=cfg, model=model, thresholds=Thresholds(0.4, np.full(11, 0.5)), d_in=6,
                 time_features_used=True)
     bundle = load_bundle(tmp_path / "b")

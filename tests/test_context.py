@@ -103,3 +103,26 @@ def test_binary_from_fine_is_probability_of_any_negative_label():
     p = torch.sigmoid(binary_logit_from_fine(logits, negative_mask=mask, multilabel=True))
     expected = 1 - (1 - torch.sigmoid(torch.tensor(0.0))) * (1 - torch.sigmoid(torch.tensor(1.0)))
     assert torch.allclose(p, expected.reshape(1, 1), atol=1e-5)
+
+
+def test_self_only_attention_shortcut_equals_attention_with_an_identity_mask():
+    """The isolated arm skips the [s, s] attention; it must return what masked SDPA returns."""
+    from ctxemo.models.context import SelfAttention
+
+    torch.manual_seed(0)
+    attn = SelfAttention(d_model=16, heads=4, dropout=0.0).eval()
+    x = torch.randn(3, 9, 16)
+    eye = torch.eye(9, dtype=torch.bool).expand(3, 9, 9)
+    assert torch.allclose(attn(x, None), attn(x, eye), atol=1e-6)
+
+
+def test_feature_stats_equal_mean_and_std_of_the_rows_without_copying_them_whole():
+    import numpy as np
+
+    from ctxemo.models.model import feature_stats
+
+    feats = np.random.default_rng(0).normal(3.0, 2.0, (1000, 5)).astype(np.float32)
+    rows = np.arange(0, 1000, 3)
+    mean, std = feature_stats(feats, rows, chunk=64)
+    want = torch.from_numpy(feats[rows])
+    assert torch.allclose(mean, want.mean(0), atol=1e-5) and torch.allclose(std, want.std(0), atol=1e-5)

@@ -63,8 +63,9 @@ def test_two_ranks_match_one_process(features_config, tmp_path):
         h2 = json.loads((two_dir / fold / "history.json").read_text(encoding="utf-8"))
         assert [h["epoch"] for h in h1] == [h["epoch"] for h in h2]
         assert np.allclose([h["train_loss"] for h in h1], [h["train_loss"] for h in h2], rtol=1e-5)
-    # Rank 0 alone wrote: no stray temp files from a second writer, no leftover checkpoints.
+    # Rank 0 alone wrote and printed: no stray temp files from a second writer, no leftover checkpoints.
     assert not list(two_dir.rglob("*.tmp")) and not list(two_dir.rglob("checkpoint.pt"))
+    assert proc.stdout.count("results in") == 1, proc.stdout[-2000:]
 
 
 def test_rank_shares_of_a_batch_add_up_to_the_batch_gradient(features_config, monkeypatch):

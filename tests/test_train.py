@@ -7,7 +7,7 @@ import ctxemo.train as train_module
 from ctxemo.data.datasets import build_call_items
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import load_manifest
-from ctxemo.models.model import build_call_model
+from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.objective import build_objective
 from ctxemo.scoring import score_items
 from ctxemo.taxonomy import Taxonomy
@@ -23,7 +23,7 @@ def _setup(cfg, rows_train=slice(0, 12), rows_val=slice(12, 16)):
     objective, bias = build_objective(cfg, train_items=train_items, taxonomy=taxonomy)
     torch.manual_seed(0)
     model = build_call_model(cfg, d_in=feats.shape[1], taxonomy=taxonomy, fine_bias=bias,
-                             train_feats=np.concatenate([it.feats for it in train_items]))
+                             train_stats=feature_stats(np.concatenate([it.feats for it in train_items])))
     return model, train_items, val_items, objective, taxonomy
 
 

@@ -4,8 +4,9 @@ Legend: b = calls, s = segments, w = segments per window, d = features, c = fine
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,11 +34,12 @@ class CallModel(nn.Module):
 
     def __init__(self, *, d_in: int, num_labels: int, negative_mask: torch.Tensor, multilabel: bool,
                  context_kind: str = "transformer", d_model: int = 64, depth: int = 2, heads: int = 4,
-                 dropout: float = 0.1, causal: bool = False, use_time: bool = True,
+                 dropout: float = 0.1, attention_dropout: float = 0.0, causal: bool = False, use_time: bool = True,
                  binary_from: str = "head", head_dropout: float = 0.1):
         super().__init__()
         self.context = ContextModel(d_in=d_in, kind=context_kind, d_model=d_model, depth=depth, heads=heads,
-                                    dropout=dropout, causal=causal, use_time=use_time)
+                                    dropout=dropout, attention_dropout=attention_dropout, causal=causal,
+                                    use_time=use_time)
         self.binary_head = BinaryHead(d_model=d_model, dropout=head_dropout)
         self.fine_head = FineHead(d_model=d_model, num_labels=num_labels, dropout=head_dropout)
         self.register_buffer("negative_mask", negative_mask.bool(), persistent=False)
@@ -118,18 +120,38 @@ def forward_windowed(model: CallModel, inputs: CallInputs, *, window: int, overl
     return SegmentLogits(binary=binary, fine=fine)
 
 
+def feature_stats(feats, rows: Optional[np.ndarray] = None, *, chunk: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (n - 1) of `feats[rows]`, accumulated in float64 over chunks
+    of rows, so the training rows of a fold are never copied whole (at the seed's scale that copy was a
+    second corpus-sized array in memory)."""
+    rows = np.arange(len(feats)) if rows is None else np.asarray(rows)
+    total = np.zeros(feats.shape[1])
+    total_sq = np.zeros(feats.shape[1])
+    for first in range(0, len(rows), chunk):
+        part = np.asarray(feats[rows[first:first + chunk]], dtype=np.float64)
+        total += part.sum(0)
+        total_sq += np.square(part).sum(0)
+    n = len(rows)
+    mean = total / n
+    var = np.maximum(total_sq - n * np.square(mean), 0.0) / max(n - 1, 1)
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(np.sqrt(var), dtype=torch.float32)
+
+
 def build_call_model(cfg, *, d_in: int, taxonomy, fine_bias: Optional[torch.Tensor] = None,
-                     train_feats: Optional[torch.Tensor] = None) -> CallModel:
-    """The one place that maps config -> CallModel (modules never see the whole config)."""
+                     train_stats: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> CallModel:
+    """The one place that maps config -> CallModel (modules never see the whole config).
+
+    train_stats: (mean, std) of the training fold's segment features (see `feature_stats`), which the
+    context stage uses to standardise its inputs."""
     model = CallModel(
         d_in=d_in, num_labels=taxonomy.num_labels,
         negative_mask=torch.as_tensor(taxonomy.negative_mask), multilabel=taxonomy.multilabel,
         context_kind=cfg.context.kind, d_model=cfg.context.d_model, depth=cfg.context.depth,
-        heads=cfg.context.heads, dropout=cfg.context.dropout, causal=cfg.context.causal,
+        heads=cfg.context.heads, dropout=cfg.context.dropout, attention_dropout=cfg.context.attention_dropout,
+        causal=cfg.context.causal,
         use_time=cfg.context.use_time, binary_from=cfg.head.binary_from, head_dropout=cfg.head.dropout,
     )
     model.fine_head.init_bias(fine_bias)
-    if train_feats is not None:  # [n, d] training-fold segment features
-        train_feats = torch.as_tensor(train_feats, dtype=torch.float32)
-        model.context.set_feature_stats(train_feats.mean(0), train_feats.std(0))
+    if train_stats is not None:
+        model.context.set_feature_stats(*train_stats)
     return model

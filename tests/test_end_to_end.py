@@ -1,0 +1,136 @@
+"""End-to-end mode: windows of K segments, encoder + context trained together, resumable, evaluated
+like two-stage (whole calls embedded by the current encoder)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ctxemo.end_to_end as end_to_end
+from ctxemo.cli import main
+from ctxemo.config import load_config
+from ctxemo.data.datasets import CallItem, collate
+from ctxemo.data.windows import epoch_windows
+from ctxemo.errors import ConfigError
+from ctxemo.experiment import load_corpus, run_cv
+from ctxemo.models.encoders import SegmentEncoder
+from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
+from ctxemo.models.frontend import pad_waves
+from ctxemo.models.model import CallInputs, build_call_model
+
+
+def _call(n: int, call_id: str = "c") -> CallItem:
+    return CallItem(call_id=call_id, rows=np.arange(100, 100 + n), feats=np.zeros((n, 0), np.float32),
+                    role=np.zeros(n, np.int64), time_feats=np.zeros((n, 2), np.float32),
+                    negative=np.zeros(n, np.float32), fine=np.zeros((n, 3), np.float32), scored=np.ones(n, bool))
+
+
+def test_windows_cover_every_segment_with_a_fixed_count_and_shift_between_epochs():
+    calls = [_call(23, "a"), _call(3, "b"), _call(8, "c")]
+    generator = torch.Generator().manual_seed(0)
+    tilings = []
+    for _ in range(6):
+        windows = epoch_windows(calls, window=8, generator=generator)
+        assert len(windows) == 3 + 1 + 1  # ceil(23/8), one short call, one exact fit: every epoch
+        for call in calls:
+            mine = [w for w in windows if w.call_id == call.call_id]
+            covered = set(np.concatenate([w.rows for w in mine]).tolist())
+            assert covered == set(call.rows.tolist())
+            for w in mine:
+                assert len(w.rows) == min(8, len(call.rows))
+                assert np.array_equal(w.rows, call.rows[w.first_position:w.first_position + len(w.rows)])
+        tilings.append(tuple(w.first_position for w in windows if w.call_id == "a"))
+    assert len(set(tilings)) > 1, "the tiling never moved"
+    again = epoch_windows(calls, window=8, generator=torch.Generator().manual_seed(0))
+    assert [w.first_position for w in again] == [w.first_position for w in epoch_windows(
+        calls, window=8, generator=torch.Generator().manual_seed(0))]
+
+
+def test_windows_keep_their_positions_in_the_call():
+    window = _call(20).window(5, 13)
+    batch = collate([window, _call(4)])
+    assert batch.inputs.position[0].tolist() == list(range(5, 13))
+    assert batch.inputs.position[1, :4].tolist() == [0, 1, 2, 3]
+
+
+def test_end_to_end_forward_equals_encoding_each_segment_then_the_context_stage(taxonomy):
+    torch.manual_seed(0)
+    encoder = SegmentEncoder.from_config({"family": "wav2vec2", "finetune": "lora"}, sample_rate=16000).eval()
+    cfg = load_config(overrides=["context.d_model=16", "context.heads=2"])
+    call_model = build_call_model(cfg, d_in=encoder.output_dim, taxonomy=taxonomy).eval()
+    model = EndToEndModel(encoder, call_model)
+    rng = np.random.default_rng(0)
+    lengths = [[4000, 9000, 2500], [7000, 3000]]  # two windows, the second padded to 3 segments
+    waves = [rng.standard_normal(n).astype(np.float32) for call in lengths for n in call]
+    padded, lens = pad_waves(waves)
+    seg_mask = torch.tensor([[True, True, True], [True, True, False]])
+    shape = seg_mask.shape
+    common = dict(seg_mask=seg_mask, role=torch.zeros(shape, dtype=torch.long),
+                  position=torch.arange(3).expand(shape), time_feats=torch.zeros(*shape, 2))
+    inputs = AudioCallInputs(waves=padded, wave_lens=lens, buckets=[[4, 2], [0], [3, 1]], **common)
+    with torch.no_grad():
+        got = model(inputs)
+        each = torch.cat([encoder(torch.from_numpy(w)[None], torch.tensor([len(w)])) for w in waves])
+        feats = torch.zeros(*shape, each.shape[1])
+        feats[seg_mask] = each
+        want = call_model(CallInputs(feats=feats, **common))
+    assert torch.allclose(got.binary[seg_mask], want.binary[seg_mask], atol=1e-5)
+    assert torch.allclose(got.fine[seg_mask], want.fine[seg_mask], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def audio_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "corpus"
+    assert main(["synth", "--out", str(out), "--calls", "6", "--quiet"]) == 0
+    return out / "manifest.csv"
+
+
+def e2e_config(manifest, *extra):
+    return load_config(overrides=[
+        f"data.manifest={manifest}", "train.mode=end_to_end", "encoder.family=wav2vec2", "encoder.finetune=lora",
+        "encoder.layers=last", "encoder.lora.dropout=0.0", "train.window_segments=4", "train.batch_calls=2",
+        "train.epochs=3", "train.patience=10", "train.encoder_lr=0.01", "train.device=cpu",
+        "context.d_model=16", "context.depth=1", "context.heads=2", "cv.folds=2", "cv.only_folds=[0]", *extra])
+
+
+def test_end_to_end_cv_trains_the_adapters_and_stores_only_what_trained(audio_corpus, tmp_path):
+    cfg = e2e_config(audio_corpus, "encoder.gradient_checkpointing=true")
+    run_cv(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "fold0" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and 0 <= metrics["binary"]["f1"] <= 1
+    state = load_file(tmp_path / "run" / "fold0" / "model.safetensors")
+    lora_b = [k for k in state if "lora_B" in k]
+    assert lora_b and any(state[k].abs().sum() > 0 for k in lora_b), "LoRA B starts at 0: it must have trained"
+    frozen = [k for k in state if "base_layer" in k or "conv_layers" in k or "feed_forward" in k]
+    assert not frozen, "frozen base weights are rebuilt from the config, not stored"
+    assert any(k.startswith("call_model.context.") for k in state)
+
+
+def test_end_to_end_kill_then_resume_equals_uninterrupted(audio_corpus, tmp_path, monkeypatch):
+    cfg = e2e_config(audio_corpus)
+    run_cv(cfg, tmp_path / "full", progress=False)
+    real = end_to_end.score_calls
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # stands in for SIGKILL between two checkpoints
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(end_to_end, "score_calls", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(cfg, tmp_path / "resumed", progress=False)
+    assert (tmp_path / "resumed" / "fold0" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(end_to_end, "score_calls", real)
+    run_cv(cfg, tmp_path / "resumed", progress=False)
+    read = lambda run, name: json.loads((tmp_path / run / "fold0" / name).read_text())  # noqa: E731
+    assert read("resumed", "history.json") == read("full", "history.json")
+    assert read("resumed", "metrics.json") == read("full", "metrics.json")
+
+
+def test_end_to_end_refuses_cached_features(audio_corpus, tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(ConfigError, match="data.features"):
+        load_corpus(e2e_config(audio_corpus, f"data.features={tmp_path / 'f.npy'}"), progress=False)
