@@ -109,8 +109,11 @@ class TrainConfig:
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
-    patience: int = 8  # epochs without inner-validation improvement before stopping
-    min_delta: float = 0.0  # an epoch counts as an improvement only if it beats the best by more than this
+    # Early stopping: stop after `patience` epochs without an inner-validation gain of more than
+    # `min_delta`. At the seed's scale, 8 / 0.0 spent most late epochs on gains of ~0.001 in the score;
+    # 5 / 0.002 ran 23% fewer epochs with the same contextual-arm metrics (benchmarks/README.md).
+    patience: int = 5
+    min_delta: float = 0.002
     early_stop_metric: str = "score"  # score = mean of binary AP and fine macro AP (threshold-free)
     window_segments: int = 8  # end_to_end: consecutive segments per training window
     device: str = "auto"  # auto | cpu | cuda
