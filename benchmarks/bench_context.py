@@ -11,8 +11,8 @@ the worker (the whole process: Python, torch, features, models), and the growth 
 worker had after its imports.
 
     python benchmarks/bench_context.py                     # 1x: the seed scale, both arms, 5 folds
-    python benchmarks/bench_context.py --scales 0.25 0.5 1 2 4 train.epochs=3 train.patience=100  # growth
-    python benchmarks/bench_context.py --scales 0.05 --folds 2 train.epochs=3   # a smoke run
+    python benchmarks/bench_context.py train.epochs=3 train.patience=100 --scales 0.25 0.5 1 2 4  # growth
+    python benchmarks/bench_context.py train.epochs=3 --scales 0.05 --folds 2   # a smoke run
 
 With a fixed number of epochs (as in the growth line above) the time per epoch per segment is the
 number to compare across sizes; with early stopping, the epochs run also vary with the data.

@@ -29,6 +29,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a model hub (never in CI)"))
 
 
+def dies_on_call(real, n: int):
+    """`real`, except that its n-th call raises KeyboardInterrupt: a stand-in for SIGKILL at a fixed point
+    (e.g. between two checkpoints, when `real` is the per-epoch validation)."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    return wrapper
+
+
 @pytest.fixture
 def taxonomy() -> Taxonomy:
     return Taxonomy(labels=tuple(DEFAULT_LABELS))

@@ -1,6 +1,7 @@
 """End-to-end mode: windows of K segments, encoder + context trained together, resumable, evaluated
 like two-stage (whole calls embedded by the current encoder)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 import ctxemo.end_to_end as end_to_end
+from conftest import dies_on_call
+from ctxemo.ablation import run_ablation
 from ctxemo.cli import main
 from ctxemo.config import load_config
 from ctxemo.data.datasets import CallItem, collate
@@ -111,15 +114,7 @@ def test_end_to_end_kill_then_resume_equals_uninterrupted(audio_corpus, tmp_path
     cfg = e2e_config(audio_corpus)
     run_cv(cfg, tmp_path / "full", progress=False)
     real = end_to_end.score_calls
-    calls = {"n": 0}
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # stands in for SIGKILL between two checkpoints
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(end_to_end, "score_calls", dies_in_epoch_two)
+    monkeypatch.setattr(end_to_end, "score_calls", dies_on_call(real, 2))  # killed in epoch 2
     with pytest.raises(KeyboardInterrupt):
         run_cv(cfg, tmp_path / "resumed", progress=False)
     assert (tmp_path / "resumed" / "fold0" / "checkpoint.pt").is_file()
@@ -134,3 +129,30 @@ def test_end_to_end_refuses_cached_features(audio_corpus, tmp_path):
     np.save(tmp_path / "f.npy", np.zeros((3, 4), np.float32))
     with pytest.raises(ConfigError, match="data.features"):
         load_corpus(e2e_config(audio_corpus, f"data.features={tmp_path / 'f.npy'}"), progress=False)
+
+
+E2E_GRIDS = sorted(p for p in (Path(__file__).resolve().parent.parent / "experiments" / "configs").rglob("*.yaml")
+                   if load_config([p]).train.mode == "end_to_end")
+
+
+def test_there_are_end_to_end_grids():
+    assert {p.name for p in E2E_GRIDS} >= {"lora.yaml", "context_x_lora.yaml"}
+
+
+@pytest.mark.parametrize("path", E2E_GRIDS, ids=[p.name for p in E2E_GRIDS])
+def test_end_to_end_grids_smoke_run_with_their_lora_arms(path, audio_corpus, tmp_path, monkeypatch):
+    """The grid's reference and first LoRA arm, unchanged, on a tiny random encoder of the grid's family
+    (no hub: source=None) and a 6-call synthetic audio corpus."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config([path], [f"data.manifest={audio_corpus}", "encoder.source=null", "encoder.offline=true",
+                               "encoder.model_config={}", "train.epochs=1", "train.device=cpu", "cv.folds=2",
+                               "cv.only_folds=[0]", "context.d_model=16", "context.depth=1", "context.heads=2",
+                               f"out_dir={tmp_path}"])
+    arms = dict(cfg.ablation.arms)
+    lora_arm = next(a for a, o in arms.items() if "encoder.finetune=lora" in o)
+    cfg.ablation.arms = {cfg.ablation.reference: arms[cfg.ablation.reference], lora_arm: arms[lora_arm]}
+    monkeypatch.setattr("ctxemo.ablation.finish_comparison", lambda run_dir, result, **kw: result)
+    result = run_ablation(cfg, tmp_path / "ablate", progress=False, log=lambda *_: None)
+    assert list(result["arms"]) == list(cfg.ablation.arms)
+    state = load_file(tmp_path / "ablate" / lora_arm / "fold0" / "model.safetensors")
+    assert any("lora_B" in k for k in state)

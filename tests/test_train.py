@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ctxemo.train as train_module
+from conftest import dies_on_call
 from ctxemo.data.datasets import build_call_items
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import load_manifest
@@ -47,16 +48,8 @@ def test_kill_then_resume_equals_uninterrupted(features_config, load_test_config
     _, full = _fit(cfg)
 
     real_score = train_module.score_items
-    calls = {"n": 0}
-
-    def dies_in_epoch_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # stands in for SIGKILL between two checkpoints
-        return real_score(*args, **kwargs)
-
     checkpoint = tmp_path / "ckpt.pt"
-    monkeypatch.setattr(train_module, "score_items", dies_in_epoch_three)
+    monkeypatch.setattr(train_module, "score_items", dies_on_call(real_score, 3))  # killed in epoch 3
     with pytest.raises(KeyboardInterrupt):
         _fit(cfg, checkpoint_path=checkpoint)
     assert checkpoint.is_file()
