@@ -32,6 +32,7 @@ from ctxemo.models.backbones import check_local_folder, resolve_source, tiny_mod
 CACHE_FORMAT = "ctxemo-embeddings/1"
 EMBEDDINGS_FILE = "embeddings.npy"
 SIDECAR_FILE = "embeddings.json"
+PAD_MULTIPLE_SEC = 0.25  # batch widths are rounded up to this (few distinct shapes: see pad_waves)
 MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
 
 
@@ -342,7 +343,7 @@ def encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioS
         for batch in batches:
             waves = [read_audio(specs[i].path, start_sec=specs[i].start_sec, end_sec=specs[i].end_sec,
                                 channel=int(cfg.data.channel), target_sr=sr) for i in batch]
-            padded, lens = pad_waves(waves, min_samples=max(min_samples, 1))
+            padded, lens = pad_waves(waves, min_samples=max(min_samples, 1), multiple=int(PAD_MULTIPLE_SEC * sr))
             emb = encoder(padded.to(target), lens.to(target))
             out[batch] = emb.float().cpu().numpy()
             if bar is not None:

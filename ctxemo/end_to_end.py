@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import CallBatch, CallItem, collate
 from ctxemo.data.windows import epoch_windows
-from ctxemo.embed import AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets
+from ctxemo.embed import PAD_MULTIPLE_SEC, AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets
 from ctxemo.experiment import CorpusData, Scorer, audio_specs
 from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
 from ctxemo.models.frontend import pad_waves
@@ -45,7 +45,8 @@ def make_window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: D
     sr = int(cfg.data.sample_rate)
     waves = [read_audio(specs[r].path, start_sec=specs[r].start_sec, end_sec=specs[r].end_sec,
                         channel=int(cfg.data.channel), target_sr=sr) for r in rows]
-    padded, lens = pad_waves(waves, min_samples=max(int(round(float(cfg.data.min_segment_sec) * sr)), 1))
+    padded, lens = pad_waves(waves, min_samples=max(int(round(float(cfg.data.min_segment_sec) * sr)), 1),
+                             multiple=int(PAD_MULTIPLE_SEC * sr))
     buckets = length_buckets((lens.double() / sr).tolist(), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
     calls = batch.inputs
@@ -96,7 +97,8 @@ def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Ca
     torch.manual_seed(cfg.seed + fold)
     call_model = build_call_model(cfg, d_in=encoder.output_dim, taxonomy=taxonomy, fine_bias=fine_bias,
                                   train_stats=stats)
-    model = EndToEndModel(encoder, call_model).to(device)
+    model = EndToEndModel(encoder, call_model,
+                          pad_multiple=int(PAD_MULTIPLE_SEC * cfg.data.sample_rate)).to(device)
     window = int(cfg.train.window_segments)
     result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
                  cfg_train=cfg.train, seed=cfg.seed + fold, checkpoint_path=fold_dir / "checkpoint.pt", resume=True,

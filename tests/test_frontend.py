@@ -69,3 +69,14 @@ def test_whisper_log_mel_pad_to_30s_is_the_feature_extractor():
     ref = extractor(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
     assert mel.shape == (1, 80, 3000) and int(mel_lens[0]) == 50
     np.testing.assert_allclose(mel[0].numpy(), ref, atol=MEL_ATOL)
+
+
+def test_pad_waves_rounds_the_width_up_but_keeps_the_true_lengths():
+    import numpy as np
+
+    from ctxemo.models.frontend import pad_waves
+
+    padded, lens = pad_waves([np.ones(4100, np.float32), np.ones(900, np.float32)], multiple=4000)
+    assert padded.shape == (2, 8000) and lens.tolist() == [4100, 900]
+    assert padded[0, 4100:].abs().sum() == 0 and padded[1, 900:].abs().sum() == 0
+    assert pad_waves([np.ones(4000, np.float32)], multiple=4000)[0].shape == (1, 4000)

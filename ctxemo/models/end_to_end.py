@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ctxemo.models.encoders import SegmentEncoder
+from ctxemo.models.frontend import round_up
 from ctxemo.models.model import CallInputs, CallModel, SegmentLogits
 
 
@@ -31,9 +32,12 @@ class EndToEndModel(nn.Module):
     """SegmentEncoder -> CallModel. The encoder's parameters are named `encoder.*`, so the optimizer gives
     them `train.encoder_lr` (see ctxemo.train.parameter_groups)."""
 
-    def __init__(self, encoder: SegmentEncoder, call_model: CallModel):
+    def __init__(self, encoder: SegmentEncoder, call_model: CallModel, *, pad_multiple: int = 1):
+        """pad_multiple: each length bucket is cut to its longest segment rounded up to this many samples
+        (few distinct shapes; see ctxemo.models.frontend.pad_waves)."""
         super().__init__()
         self.encoder, self.call_model = encoder, call_model
+        self.pad_multiple = pad_multiple
 
     @property
     def multilabel(self) -> bool:
@@ -49,7 +53,8 @@ class EndToEndModel(nn.Module):
         for bucket in buckets:
             index = torch.as_tensor(bucket, device=waves.device)
             lens = wave_lens[index]
-            parts.append(self.encoder(waves[index, :int(lens.max())], lens))
+            width = min(round_up(int(lens.max()), self.pad_multiple), waves.shape[1])
+            parts.append(self.encoder(waves[index, :width], lens))
             order.extend(bucket)
         emb = torch.cat(parts)
         inverse = torch.empty(len(order), dtype=torch.long, device=emb.device)

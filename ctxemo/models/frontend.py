@@ -38,13 +38,21 @@ def lengths_to_mask(lens: Tensor, max_len: Optional[int] = None) -> Tensor:
     return positions[None, :] < lens[:, None]
 
 
-def pad_waves(waves: Sequence[Union[np.ndarray, Tensor]], *, min_samples: int = 1) -> Tuple[Tensor, Tensor]:
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+def pad_waves(waves: Sequence[Union[np.ndarray, Tensor]], *, min_samples: int = 1,
+              multiple: int = 1) -> Tuple[Tensor, Tensor]:
     """Stack mono waveforms of different lengths into a zero-padded batch.
 
     Args:
         waves: b float arrays [t_i].
         min_samples: segments shorter than this are zero-padded up to it (and their length says so), so
             that a convolutional front-end always yields at least one frame.
+        multiple: pad the batch width up to a multiple of this many samples. Encoders see few distinct
+            shapes then: on CPU every new input shape made oneDNN and the allocator keep more memory
+            (embedding 2,029 segments peaked at 1.5-1.7 GB with exact widths, 1.0 GB without that cache).
     Returns:
         waves: float32 [b, t] with zeros after each segment's end.
         wave_lens: long [b] valid samples per segment.
@@ -52,7 +60,7 @@ def pad_waves(waves: Sequence[Union[np.ndarray, Tensor]], *, min_samples: int = 
     tensors = [torch.as_tensor(np.asarray(w, dtype=np.float32) if isinstance(w, np.ndarray) else w).float()
                for w in waves]
     lens = torch.tensor([max(int(w.shape[0]), min_samples) for w in tensors], dtype=torch.long)
-    out = torch.zeros(len(tensors), int(lens.max()) if len(tensors) else 0)
+    out = torch.zeros(len(tensors), round_up(int(lens.max()), multiple) if len(tensors) else 0)
     for i, w in enumerate(tensors):
         out[i, : w.shape[0]] = w
     return out, lens
