@@ -85,8 +85,11 @@ class FocalLoss(nn.Module):
     Sigmoid form (``multilabel=True``), per element: ``w * (1 - p_t)^gamma * BCE(logit, y)`` with
     ``p_t = exp(-BCE)``, summed over labels and averaged over valid rows.
 
-    - logits [n, c], targets [n, c] in {0, 1}: multi-label fine head; ``w`` = label c's weight
-      (from positive counts), applied to both the positive and the negative term of label c.
+    - logits [n, c], targets [n, c] in {0, 1}: multi-label fine head. ``class_weights`` [c, 2] =
+      per label [w_not_label, w_label] (each label a binary problem, as the binary head): each
+      element takes the weight of its own class, ``w = y * w[:, 1] + (1 - y) * w[:, 0]``. A [c]
+      vector instead scales both terms of label c alike (it changes the label's gradient scale,
+      not the balance of its positives against its negatives).
     - logits [n], targets [n] in {0, 1}: binary head; ``class_weights`` = [w_not_negative, w_negative]
       and each row takes the weight of its own class (Cui's sigmoid form):
       ``w = y * w_negative + (1 - y) * w_not_negative``.
@@ -114,12 +117,14 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         self.multilabel = bool(multilabel)
-        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if weights is not None and weights.dim() != 2:
+            weights = weights.reshape(-1)
         # A buffer follows .to(device); not persistent since the weights are re-derived per fold.
         self.register_buffer("class_weights", weights, persistent=False)
 
     def extra_repr(self) -> str:
-        c = None if self.class_weights is None else self.class_weights.numel()
+        c = None if self.class_weights is None else self.class_weights.shape[0]
         return f"gamma={self.gamma}, multilabel={self.multilabel}, classes={c}"
 
     def forward(
@@ -164,6 +169,11 @@ class FocalLoss(nn.Module):
                         f"binary logits [n] need 2 class weights [w_not_negative, w_negative], got {weights.numel()}"
                     )
                 loss = loss * (targets * weights[1] + (1.0 - targets) * weights[0])
+            elif weights.dim() == 2:
+                if weights.shape != (logits.shape[1], 2):
+                    raise ValueError(f"per-label class weights must be [{logits.shape[1]}, 2], "
+                                     f"got {tuple(weights.shape)}")
+                loss = loss * (targets * weights[:, 1] + (1.0 - targets) * weights[:, 0])
             else:
                 if weights.numel() != logits.shape[1]:
                     raise ValueError(f"{weights.numel()} class weights for {logits.shape[1]} labels")
@@ -220,6 +230,12 @@ def build_loss(
     balanced = kind in ("cb_focal", "weighted_bce")
     if balanced and class_counts is None:
         raise ValueError(f"loss kind {kind!r} needs the training fold's class counts")
-    weights = class_balanced_weights(class_counts, beta=beta) if balanced else None
+    weights = None
+    if balanced:
+        counts = np.asarray(class_counts.detach().cpu() if isinstance(class_counts, torch.Tensor) else class_counts,
+                            dtype=np.float64)
+        # [c, 2] = per label [n_without, n_with]: class-balanced weights per label (sigmoid fine head)
+        weights = (torch.stack([class_balanced_weights(row, beta=beta) for row in counts]) if counts.ndim == 2
+                   else class_balanced_weights(counts, beta=beta))
     focal_gamma = gamma if kind in ("cb_focal", "focal") else 0.0
     return FocalLoss(class_weights=weights, gamma=focal_gamma, multilabel=multilabel)

@@ -74,7 +74,9 @@ def build_objective(cfg, *, train_items: Sequence[CallItem], taxonomy: Taxonomy)
     common = dict(kind=cfg.loss.kind, beta=cfg.loss.beta, gamma=cfg.loss.gamma)
     objective = Objective(
         binary_loss=build_loss(class_counts=binary_counts, multilabel=True, **common),
-        fine_loss=build_loss(class_counts=fine_counts, multilabel=taxonomy.multilabel, **common),
+        # Multi-label: each label is a binary problem over the fine-loss rows, counts [n_rows - n_c, n_c].
+        fine_loss=build_loss(class_counts=np.stack([n_fine_rows - fine_counts, fine_counts], axis=1)
+                             if taxonomy.multilabel else fine_counts, multilabel=taxonomy.multilabel, **common),
         multilabel=taxonomy.multilabel, negative_only=cfg.head.fine_on_negative_only,
         binary_weight=cfg.loss.binary_weight, fine_weight=cfg.loss.fine_weight,
     )

@@ -9,7 +9,7 @@ import torch
 
 import ctxemo.embed as embed
 from ctxemo.config import load_config
-from ctxemo.embed import AudioSpec, embed_manifest, encoder_fingerprint, length_buckets
+from ctxemo.embed import AudioSpec, build_cache_encoder, embed_manifest, encode_rows, encoder_fingerprint, length_buckets
 from ctxemo.errors import AudioError
 from ctxemo.models.encoders import SegmentEncoder
 from ctxemo.models.frontend import pad_waves
@@ -153,3 +153,13 @@ def test_length_buckets_respect_both_caps():
         assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= min(8.0, 1.25 * real))
     assert batches[0] == [3, 0, 7]  # shortest first
     assert batches[1:] == [[2], [5, 4], [1], [6]]  # 1.1 s + 2.5 s would pad too much; 14 s + 16 s too long
+
+
+def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):
+    """Widths are rounded up to 0.25 s; a segment just under Whisper's window (tiny config: 1.28 s)
+    must still fit in one window (the padding past it is cut, not given positions)."""
+    path = tmp_path / "long.wav"
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(int(1.27 * SR))).astype(np.float32), SR)
+    cfg = load_config(overrides=["encoder.family=whisper", "data.channel=0"])
+    emb = encode_rows(cfg, build_cache_encoder(cfg), [AudioSpec(path)])
+    assert emb.shape[0] == 1 and np.isfinite(emb).all()

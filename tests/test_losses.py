@@ -167,3 +167,47 @@ def test_prior_bias_is_log_odds_and_finite():
     assert torch.isfinite(bias).all()
     assert bias[1] < -4 and bias[2] > 4
     assert torch.sigmoid(bias[1]).item() == pytest.approx(0.005, rel=1e-4)
+
+
+def _fitted_probability(loss, y):
+    """Sigmoid of the per-label constant logit that minimises `loss` on targets y [n, c]."""
+    b = torch.zeros(y.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([b], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        value = loss(b.expand(*y.shape), y)
+        value.backward()
+        return value
+    opt.step(closure)
+    return torch.sigmoid(b).detach()
+
+
+def test_per_label_class_balance_moves_a_rare_label_up_from_its_prior():
+    """Each fine label is its own binary problem: weighting its positives against its negatives must
+    shift the fitted probability of a rare label (a [c] weight per label only rescales its gradient)."""
+    n = 200
+    y = torch.zeros(n, 2)
+    y[:80, 0], y[:6, 1] = 1, 1
+    k = y.sum(0).numpy()
+    counts = np.stack([n - k, k], axis=1)  # [c, 2]: what build_objective passes for a multi-label head
+    plain = _fitted_probability(build_loss(kind="bce", class_counts=counts, beta=0.999, gamma=0.0,
+                                           multilabel=True), y)
+    balanced = _fitted_probability(build_loss(kind="weighted_bce", class_counts=counts, beta=0.999, gamma=0.0,
+                                              multilabel=True), y)
+    assert abs(plain[1] - 0.03) < 1e-3
+    assert balanced[1] > plain[1] + 0.05
+    one_weight_per_label = _fitted_probability(build_loss(kind="weighted_bce", class_counts=k, beta=0.999,
+                                                          gamma=0.0, multilabel=True), y)
+    assert abs(one_weight_per_label[1] - 0.03) < 1e-3  # why [c, 2]: a [c] weight cannot rebalance
+
+
+def test_per_label_weights_match_an_elementwise_reference():
+    torch.manual_seed(0)
+    logits, y = torch.randn(7, 3), (torch.rand(7, 3) > 0.6).float()
+    counts = np.array([[6, 1], [3, 4], [5, 2]])
+    loss = build_loss(kind="weighted_bce", class_counts=counts, beta=0.99, gamma=0.0, multilabel=True)
+    w = torch.stack([class_balanced_weights(r, beta=0.99) for r in counts])
+    ref = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+           * (y * w[:, 1] + (1 - y) * w[:, 0])).sum(1).mean()
+    assert torch.allclose(loss(logits, y), ref)

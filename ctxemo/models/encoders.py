@@ -95,7 +95,9 @@ def split_into_chunks(waves: Tensor, wave_lens: Tensor, *, max_samples: int) -> 
         waves: float [b, t] zero-padded; wave_lens: long [b].
     """
     if int(wave_lens.max()) <= max_samples:
-        return ChunkPlan(waves, wave_lens, torch.arange(len(wave_lens)), len(wave_lens))
+        # One chunk each; a batch width rounded up past the chunk size (pad_waves' `multiple`) holds
+        # only padding there, and Whisper has no positions for it: cut it.
+        return ChunkPlan(waves[:, :max_samples], wave_lens, torch.arange(len(wave_lens)), len(wave_lens))
     pieces, owners = [], []
     for i, length in enumerate(wave_lens.tolist()):
         n = -(-length // max_samples)
