@@ -35,7 +35,6 @@ from ctxemo import __version__
 from ctxemo.config import load_config, to_yaml
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
 from ctxemo.models.model import CallInputs, CallModel, build_call_model, forward_windowed
-from ctxemo.scoring import fine_probabilities
 from ctxemo.taxonomy import Taxonomy
 
 BUNDLE_FORMAT = "ctxemo-bundle/1"
@@ -274,9 +273,9 @@ class Bundle:
         logits = forward_windowed(self.model, inputs, window=int(self.cfg.context.window),
                                   overlap=int(self.cfg.context.window_overlap))
         scored = is_caller[rows]
-        p_neg[rows[scored]] = torch.sigmoid(logits.binary[0]).float().cpu().numpy()[scored]
-        probs = fine_probabilities(logits.fine[0], multilabel=self.taxonomy.multilabel).float().cpu().numpy()
-        p_fine[rows[scored]] = probs[scored]
+        p_negative, probs = self.model.probabilities(logits)
+        p_neg[rows[scored]] = p_negative[0].float().cpu().numpy()[scored]
+        p_fine[rows[scored]] = probs[0].float().cpu().numpy()[scored]
         return CallScores(p_neg, p_fine)
 
     def is_negative(self, p_negative: float) -> bool:

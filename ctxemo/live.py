@@ -20,7 +20,6 @@ from ctxemo.bundle import Bundle, call_inputs, load_bundle
 from ctxemo.call_summary import segment_record, summarize_call
 from ctxemo.data.audio import resample
 from ctxemo.errors import AudioError, ConfigError
-from ctxemo.scoring import fine_probabilities
 
 ROLES = ("caller", "operator")
 
@@ -157,9 +156,8 @@ class LiveSession:
         inputs = call_inputs(np.stack(feats), roles=list(roles), positions=np.array(positions),
                              time_feats=np.stack(times).astype(np.float32), device=self.bundle.device)
         logits = self.bundle.model(inputs)
-        p_negative = float(torch.sigmoid(logits.binary[0, -1]))
-        p_fine = fine_probabilities(logits.fine[0, -1], multilabel=self.bundle.taxonomy.multilabel)
-        return p_negative, p_fine.float().cpu().numpy()
+        p_negative, p_fine = self.bundle.model.probabilities(logits)
+        return float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
 
     # ------------------------------------------------------------------ the call so far
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ctxemo.data.datasets import CallBatch, CallItem, iterate_batches
+from ctxemo.models.heads import fine_probabilities  # noqa: F401  (re-exported: its home before heads.py)
 from ctxemo.models.model import CallModel, forward_windowed
 
 
@@ -28,10 +29,6 @@ class SegmentScores:
         return SegmentScores(self.rows[keep], self.p_negative[keep], self.p_fine[keep], self.negative[keep], self.fine[keep])
 
 
-def fine_probabilities(fine_logits: torch.Tensor, *, multilabel: bool) -> torch.Tensor:
-    return torch.sigmoid(fine_logits) if multilabel else torch.softmax(fine_logits, dim=-1)
-
-
 @torch.no_grad()
 def score_items(model: CallModel, items: Sequence[CallItem], *, window: int = 0, overlap: int = 0,
                 batch_calls: int = 8, device: torch.device | str = "cpu",
@@ -47,14 +44,13 @@ def score_items(model: CallModel, items: Sequence[CallItem], *, window: int = 0,
         logits = forward_windowed(model, batch.inputs, window=window, overlap=overlap)
         if objective is not None:
             losses.append(float(objective(logits, batch)))
-        parts.append(_collect(batch, logits, multilabel=model.multilabel))
+        parts.append(_collect(batch, *model.probabilities(logits)))
     scores = SegmentScores(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
     return scores, (float(np.mean(losses)) if losses else float("nan"))
 
 
-def _collect(batch: CallBatch, logits, *, multilabel: bool) -> tuple:
+def _collect(batch: CallBatch, p_negative: torch.Tensor, p_fine: torch.Tensor) -> tuple:
     keep = batch.scored_mask
-    p_neg = torch.sigmoid(logits.binary)[keep]
-    p_fine = fine_probabilities(logits.fine, multilabel=multilabel)[keep]
+    p_neg, p_fine = p_negative[keep], p_fine[keep]
     return (batch.rows[keep].cpu().numpy(), p_neg.float().cpu().numpy(), p_fine.float().cpu().numpy(),
             batch.negative[keep].cpu().numpy().astype(np.int64), batch.fine[keep].cpu().numpy().astype(np.int64))

@@ -126,3 +126,24 @@ def test_feature_stats_equal_mean_and_std_of_the_rows_without_copying_them_whole
     mean, std = feature_stats(feats, rows, chunk=64)
     want = torch.from_numpy(feats[rows])
     assert torch.allclose(mean, want.mean(0), atol=1e-5) and torch.allclose(std, want.std(0), atol=1e-5)
+
+
+def test_fine_head_trained_on_negative_segments_reports_p_label_times_p_negative():
+    """head.fine_on_negative_only: the fine head estimates P(label | negative); reported probabilities
+    are P(label) = P(negative) x P(label | negative), never above P(negative)."""
+    from ctxemo.config import load_config
+    from ctxemo.models.model import build_call_model
+    from ctxemo.taxonomy import Taxonomy
+
+    taxonomy = Taxonomy(labels=tuple(f"l{i}" for i in range(C)))
+    x = _inputs()
+    for negative_only in (False, True):
+        cfg = load_config(overrides=["context.d_model=16", "context.heads=2",
+                                     f"head.fine_on_negative_only={str(negative_only).lower()}"])
+        torch.manual_seed(0)
+        model = build_call_model(cfg, d_in=D, taxonomy=taxonomy).eval()
+        logits = model(x)
+        p_negative, p_fine = model.probabilities(logits)
+        conditional = torch.sigmoid(logits.fine)
+        want = conditional * p_negative[..., None] if negative_only else conditional
+        assert torch.allclose(p_fine, want)

@@ -60,3 +60,7 @@ def binary_logit_from_fine(fine_logits: torch.Tensor, *, negative_mask: torch.Te
     log_none = log_none.clamp(max=-1e-6)
     # logit(p_neg) = log(1 - P(none)) - log P(none)
     return torch.log(-torch.expm1(log_none)) - log_none
+
+
+def fine_probabilities(fine_logits: torch.Tensor, *, multilabel: bool) -> torch.Tensor:
+    return torch.sigmoid(fine_logits) if multilabel else torch.softmax(fine_logits, dim=-1)

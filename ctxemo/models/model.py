@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ctxemo.models.context import ContextModel
-from ctxemo.models.heads import BinaryHead, FineHead, binary_logit_from_fine
+from ctxemo.models.heads import BinaryHead, FineHead, binary_logit_from_fine, fine_probabilities
 
 
 class SegmentLogits(NamedTuple):
@@ -35,7 +35,7 @@ class CallModel(nn.Module):
     def __init__(self, *, d_in: int, num_labels: int, negative_mask: torch.Tensor, multilabel: bool,
                  context_kind: str = "transformer", d_model: int = 64, depth: int = 2, heads: int = 4,
                  dropout: float = 0.1, attention_dropout: float = 0.0, causal: bool = False, use_time: bool = True,
-                 binary_from: str = "head", head_dropout: float = 0.1):
+                 binary_from: str = "head", head_dropout: float = 0.1, fine_given_negative: bool = False):
         super().__init__()
         self.context = ContextModel(d_in=d_in, kind=context_kind, d_model=d_model, depth=depth, heads=heads,
                                     dropout=dropout, attention_dropout=attention_dropout, causal=causal,
@@ -44,6 +44,9 @@ class CallModel(nn.Module):
         self.fine_head = FineHead(d_model=d_model, num_labels=num_labels, dropout=head_dropout)
         self.register_buffer("negative_mask", negative_mask.bool(), persistent=False)
         self.multilabel, self.binary_from = multilabel, binary_from
+        # Trained with the fine loss on negative segments only (head.fine_on_negative_only), the fine head
+        # estimates P(label | negative); `probabilities` turns that into P(label) = P(negative) P(label | negative).
+        self.fine_given_negative = fine_given_negative
 
     @property
     def causal(self) -> bool:
@@ -58,6 +61,14 @@ class CallModel(nn.Module):
         else:
             binary = self.binary_head(h)
         return SegmentLogits(binary=binary, fine=fine)
+
+    def probabilities(self, logits: SegmentLogits) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(p_negative [...], p_fine [..., c]) of each segment: what scoring, bundles and live sessions report."""
+        p_negative = torch.sigmoid(logits.binary)
+        p_fine = fine_probabilities(logits.fine, multilabel=self.multilabel)
+        if self.fine_given_negative:
+            p_fine = p_fine * p_negative[..., None]
+        return p_negative, p_fine
 
 
 # ----------------------------------------------------------------------------- long calls
@@ -150,6 +161,7 @@ def build_call_model(cfg, *, d_in: int, taxonomy, fine_bias: Optional[torch.Tens
         heads=cfg.context.heads, dropout=cfg.context.dropout, attention_dropout=cfg.context.attention_dropout,
         causal=cfg.context.causal,
         use_time=cfg.context.use_time, binary_from=cfg.head.binary_from, head_dropout=cfg.head.dropout,
+        fine_given_negative=cfg.head.fine_on_negative_only and cfg.head.binary_from == "head",
     )
     model.fine_head.init_bias(fine_bias)
     if train_stats is not None:
