@@ -116,6 +116,7 @@ class TrainConfig:
     min_delta: float = 0.002
     early_stop_metric: str = "score"  # score = mean of binary AP and fine macro AP (threshold-free)
     window_segments: int = 8  # end_to_end: consecutive segments per training window
+    tensorboard: bool = False  # per-epoch metrics under <fold dir>/tensorboard (pip install ".[tensorboard]")
     device: str = "auto"  # auto | cpu | cuda
 
 

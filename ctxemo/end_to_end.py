@@ -102,6 +102,7 @@ def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Ca
     window = int(cfg.train.window_segments)
     result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
                  cfg_train=cfg.train, seed=cfg.seed + fold, checkpoint_path=fold_dir / "checkpoint.pt", resume=True,
+                 log_dir=fold_dir / "tensorboard" if cfg.train.tensorboard else None,
                  progress=progress, desc=f"fold {fold} (end-to-end)",
                  epoch_items=lambda generator: epoch_windows(items["fit"], window=window, generator=generator),
                  make_batch=partial(make_window_batch, cfg=cfg, specs=specs),

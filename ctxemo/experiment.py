@@ -154,7 +154,8 @@ def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Cal
     window, overlap = cfg.context.window, cfg.context.window_overlap
     result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
                  cfg_train=cfg.train, seed=cfg.seed + fold, window=window, window_overlap=overlap,
-                 checkpoint_path=fold_dir / "checkpoint.pt", resume=True, progress=progress,
+                 checkpoint_path=fold_dir / "checkpoint.pt", resume=True,
+                 log_dir=fold_dir / "tensorboard" if cfg.train.tensorboard else None, progress=progress,
                  desc=f"fold {fold}")
     device = resolve_device(cfg.train.device)
     return result, lambda calls: score_items(model, calls, window=window, overlap=overlap, device=device)[0]

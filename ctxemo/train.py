@@ -159,7 +159,7 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
          taxonomy: Taxonomy, cfg_train, seed: int, window: int = 0, window_overlap: int = 0,
          checkpoint_path: Optional[Path] = None, resume: bool = False, progress: bool = True,
          desc: str = "train", epoch_items: Optional[EpochItems] = None, make_batch: MakeBatch = collate,
-         validate: Optional[Validate] = None) -> TrainResult:
+         validate: Optional[Validate] = None, log_dir: Optional[Path] = None) -> TrainResult:
     """Train `model`; keep the state that scored best on the inner validation calls.
 
     Two-stage mode (the defaults): `model` is a CallModel, a training unit is a whole call of
@@ -176,6 +176,7 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
         make_batch: units -> CallBatch whose `.inputs` the model takes (default: `collate`).
         validate: (model, device) -> (SegmentScores, loss) on the inner validation calls (default:
             `score_items` over `val_items`).
+        log_dir: if given, every epoch's metrics (numbers only) are also written there for TensorBoard.
     Returns:
         TrainResult with the best state (already loaded into `model`) and the per-epoch history; its
         state holds trainable parameters and buffers only (see `trainable_state`).
@@ -214,6 +215,7 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
         start_epoch, best, best_epoch, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
         history, best_state, best_metrics = ckpt["history"], ckpt["best_state"], ckpt["best_metrics"]
 
+    board = _scalar_writer(log_dir) if log_dir is not None and distributed.is_main() else None
     bar = tqdm(range(start_epoch, cfg_train.epochs), desc=desc, disable=not (progress and distributed.is_main()),
                leave=False, initial=start_epoch, total=cfg_train.epochs)
     for epoch in bar:
@@ -248,6 +250,11 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
         else:
             stale += 1
         bar.set_postfix({"train_loss": f"{metrics['train_loss']:.3f}", f"val_{metric}": f"{metrics[metric]:.3f}"})
+        if board is not None:
+            for name, value in metrics.items():
+                if name != "epoch":
+                    board.add_scalar(name if name == "train_loss" else f"val/{name}", value, epoch)
+            board.flush()
         if checkpoint_path is not None and distributed.is_main():
             _save_checkpoint(Path(checkpoint_path), {
                 "model": trainable_state(model), "optimizer": optimizer.state_dict(),
@@ -255,8 +262,18 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
                 "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                 "stale": stale, "history": history, "best_state": best_state, "best_metrics": best_metrics,
             })
+    if board is not None:
+        board.close()
     load_trainable_state(model, best_state)
     return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, state_dict=best_state)
+
+
+def _scalar_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CtxemoError('train.tensorboard=true needs the tensorboard package: pip install ".[tensorboard]"') from None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _step(model, optimizer, scheduler, grad_clip: float) -> None:

@@ -89,3 +89,25 @@ def test_fast_average_precision_matches_sklearn():
     y, p = rng.integers(0, 2, 200), rng.random(200)
     assert _average_precision(y, p) == pytest.approx(average_precision_score(y, p))
     assert np.isnan(_average_precision(np.zeros(5), p[:5]))
+
+
+def test_tensorboard_logs_every_epochs_metrics(features_config, load_test_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_test_config(features_config, "train.epochs=3", "train.patience=10")
+    _, result = _fit(cfg, log_dir=tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train_loss", "val/score", "val/loss", "val/binary_ap"} <= set(events.Tags()["scalars"])
+    logged = [e.value for e in events.Scalars("val/score")]
+    assert logged == pytest.approx([h["score"] for h in result.history])
+
+
+def test_cv_writes_tensorboard_logs_per_fold_only_when_asked(features_config, load_test_config, tmp_path):
+    from ctxemo.experiment import run_cv
+
+    run_cv(load_test_config(features_config, "train.epochs=1", "cv.folds=2", "train.tensorboard=true"),
+           tmp_path / "on", progress=False)
+    assert list((tmp_path / "on" / "fold0" / "tensorboard").glob("events.*"))
+    run_cv(load_test_config(features_config, "train.epochs=1", "cv.folds=2"), tmp_path / "off", progress=False)
+    assert not (tmp_path / "off" / "fold0" / "tensorboard").exists()
