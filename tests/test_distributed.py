@@ -100,3 +100,28 @@ def test_rank_shares_of_a_batch_add_up_to_the_batch_gradient(features_config, mo
         mine, obj = distributed.shard_batch(calls, items, objective)
         total = [t + g / world for t, g in zip(total, grads(mine, obj))]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, total))
+
+
+def test_two_ranks_match_one_process_end_to_end(tmp_path):
+    """End-to-end mode (LoRA encoder + context on windows) under torchrun: the same hooks shard windows."""
+    from ctxemo.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "corpus"), "--calls", "6", "--quiet"]) == 0
+    config = tmp_path / "e2e.yaml"
+    config.write_text("name: e2e\nencoder:\n  family: wav2vec2\n", encoding="utf-8")
+    overrides = [f"data.manifest={tmp_path / 'corpus' / 'manifest.csv'}", "train.mode=end_to_end",
+                 "encoder.finetune=lora", "encoder.layers=last", "encoder.lora.dropout=0.0",
+                 "train.window_segments=4", "train.batch_calls=2", "context.d_model=16", "context.heads=2",
+                 "context.depth=1", "train.device=cpu", "cv.only_folds=[0]", *OVERRIDES]
+    single = run_cv(load_config([config], overrides), tmp_path / "one", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ctxemo.cli", "cv", str(config), *overrides, "--out", str(tmp_path / "two"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "summary.json").read_text(encoding="utf-8"))
+    for name, stats in single.items():
+        assert np.allclose(stats["folds"], double[name]["folds"], atol=METRIC_ATOL, equal_nan=True), name
+    p1, p2 = _predictions(tmp_path / "one"), _predictions(tmp_path / "two")
+    assert p1.keys() == p2.keys() and p1
+    assert max(abs(a - b) for row in p1 for a, b in zip(p1[row], p2[row])) <= PROB_ATOL
