@@ -9,22 +9,17 @@ from pathlib import Path
 from typing import Dict
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from ctxemo.bundle import Thresholds, build_encoder, save_bundle, verify_rebuilt_embeddings
 from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import build_call_items
-from ctxemo.errors import ConfigError
-from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner
+from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner, train_two_stage
 from ctxemo.io import write_json
 from ctxemo.metrics import tune_binary_threshold, tune_thresholds
-from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.objective import build_objective
 from ctxemo.runinfo import start_run
-from ctxemo.scoring import score_items
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.train import fit, resolve_device
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
 
@@ -34,18 +29,14 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     """Train on every caller and write `run_dir/bundle`.
 
     Args:
-        cfg: resolved config (two_stage mode).
+        cfg: resolved config (two_stage, or end_to_end: the bundle then carries the encoder's trained weights).
         run_dir: run folder: config.yaml, run.json, inner-validation metrics.json, history.json, bundle/.
         data: manifest + features if already loaded (else `load_corpus`, using the embedding cache).
     Returns:
         The bundle folder.
     Raises:
-        ConfigError: end_to_end mode (not supported here yet).
         CtxemoError: the rebuilt encoder does not reproduce the cached embeddings.
     """
-    if cfg.train.mode != "two_stage":
-        raise ConfigError(f"config key 'train.mode' = {cfg.train.mode!r}: `ctxemo train` trains two_stage models "
-                          "(context model on cached embeddings); end_to_end bundles are not supported yet")
     run_dir = Path(run_dir)
     start_run(run_dir, cfg, command="train")
     data = data if data is not None else load_corpus(cfg, progress=progress)
@@ -56,15 +47,15 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     items = {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=use_operator)
              for name, rows in (("fit", fit_rows), ("val", val_rows))}
     objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
-    torch.manual_seed(cfg.seed)
-    model = build_call_model(cfg, d_in=data.feats.shape[1], taxonomy=taxonomy, fine_bias=fine_bias,
-                             train_stats=feature_stats(data.feats, fit_rows))
-    window, overlap = int(cfg.context.window), int(cfg.context.window_overlap)
-    result = fit(model, train_items=items["fit"], val_items=items["val"], objective=objective, taxonomy=taxonomy,
-                 cfg_train=cfg.train, seed=cfg.seed, window=window, window_overlap=overlap,
-                 checkpoint_path=run_dir / "checkpoint.pt", resume=True, progress=progress, desc="train")
-    val_scores, _ = score_items(model, items["val"], window=window, overlap=overlap,
-                                device=resolve_device(cfg.train.device))
+    end_to_end = cfg.train.mode == "end_to_end"
+    if end_to_end:
+        from ctxemo.end_to_end import train_end_to_end as train  # the encoder stack loads only when needed
+    else:
+        train = train_two_stage
+    # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller.
+    result, score, model = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=0,
+                                 fold_dir=run_dir, progress=progress)
+    val_scores = score(items["val"])
     if cfg.cv.tune_thresholds:
         fine = tune_thresholds(val_scores.fine, val_scores.p_fine) if taxonomy.multilabel else None
         thresholds = Thresholds(binary=tune_binary_threshold(val_scores.negative, val_scores.p_negative), fine=fine)
@@ -72,13 +63,16 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
         thresholds = Thresholds(binary=0.5, fine=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None)
     val_metrics = evaluate(val_scores, taxonomy=taxonomy, binary_threshold=thresholds.binary,
                            fine_thresholds=thresholds.fine)
-    if not cfg.data.features:
+    if not cfg.data.features and not end_to_end:
         _verify_encoder(cfg, data)
     info: Dict = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                   "n_fit_calls": len(items["fit"]), "n_val_calls": len(items["val"]),
                   "inner_val_binary_f1": val_metrics["binary"].get("f1")}
     model.cpu()
-    bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=model, thresholds=thresholds, d_in=data.feats.shape[1],
+    # End-to-end: the bundle carries the encoder's trained weights (adapters, pooling) next to the context model.
+    call_model, encoder = (model.call_model, model.encoder) if end_to_end else (model, None)
+    bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=call_model, thresholds=thresholds,
+                         d_in=encoder.output_dim if end_to_end else data.feats.shape[1], encoder=encoder,
                          time_features_used=_has_timing(data, fit_rows), train_info=info)
     write_json(run_dir / "history.json", result.history)
     # Inner-validation figures: what early stopping and thresholds saw; not an estimate of test performance.

@@ -26,13 +26,13 @@ from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import CallBatch, CallItem, collate
 from ctxemo.data.windows import epoch_windows
 from ctxemo.embed import PAD_MULTIPLE_SEC, AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets
-from ctxemo.experiment import CorpusData, Scorer, audio_specs
+from ctxemo.experiment import CorpusData, TrainedModel, audio_specs
 from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
 from ctxemo.models.frontend import pad_waves
 from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.scoring import SegmentScores, score_items
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.train import TrainResult, fit, resolve_device
+from ctxemo.train import fit, resolve_device
 
 STATS_SEGMENTS = 1024  # fit segments embedded once to set the context stage's input statistics
 
@@ -84,7 +84,7 @@ def input_statistics(cfg: DictConfig, encoder, calls: Sequence[CallItem], specs:
 
 
 def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, objective, fine_bias,
-                     fold: int, fold_dir: Path, progress: bool) -> Tuple[TrainResult, Scorer]:
+                     fold: int, fold_dir: Path, progress: bool) -> TrainedModel:
     """Train encoder + context stage + heads on windows of the fit calls; early stopping and the
     returned scorer embed whole calls with the encoder as it is at that point."""
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
@@ -107,4 +107,4 @@ def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Ca
                  epoch_items=lambda generator: epoch_windows(items["fit"], window=window, generator=generator),
                  make_batch=partial(make_window_batch, cfg=cfg, specs=specs),
                  validate=lambda m, dev: score_calls(cfg, m, items["val"], specs, dev, objective=objective))
-    return result, lambda calls: score_calls(cfg, model, calls, specs, device)[0]
+    return TrainedModel(result, lambda calls: score_calls(cfg, model, calls, specs, device)[0], model)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +128,12 @@ def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: flo
 Scorer = Callable[[Sequence[CallItem]], SegmentScores]
 
 
+class TrainedModel(NamedTuple):
+    result: TrainResult
+    score: Scorer
+    model: torch.nn.Module  # CallModel (two-stage) or EndToEndModel
+
+
 def fold_items(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray) -> Dict[str, List[CallItem]]:
     """Calls of the fold: "fit" and "val" (caller-disjoint, both from the training folds) and "test"."""
     manifest = data.manifest
@@ -143,7 +149,7 @@ def callers_of(manifest: Manifest, calls: Sequence[CallItem]) -> set:
 
 
 def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, objective,
-                    fine_bias, fold: int, fold_dir: Path, progress: bool) -> Tuple[TrainResult, Scorer]:
+                    fine_bias, fold: int, fold_dir: Path, progress: bool) -> TrainedModel:
     """Context stage + heads on the cached segment embeddings of the fit calls."""
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     # Feature statistics over every row of the fit callers (operator turns included).
@@ -158,7 +164,8 @@ def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Cal
                  log_dir=fold_dir / "tensorboard" if cfg.train.tensorboard else None, progress=progress,
                  desc=f"fold {fold}")
     device = resolve_device(cfg.train.device)
-    return result, lambda calls: score_items(model, calls, window=window, overlap=overlap, device=device)[0]
+    return TrainedModel(result, lambda calls: score_items(model, calls, window=window, overlap=overlap,
+                                                          device=device)[0], model)
 
 
 def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray, fold_dir: Path,
@@ -174,8 +181,8 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
         train = train_end_to_end
     else:
         train = train_two_stage
-    result, score = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=fold, fold_dir=fold_dir,
-                          progress=progress)
+    result, score, _ = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=fold,
+                             fold_dir=fold_dir, progress=progress)
     val_scores = score(items["val"])
     if cfg.cv.tune_thresholds:
         binary_threshold = tune_binary_threshold(val_scores.negative, val_scores.p_negative)

@@ -89,12 +89,15 @@ def audio_corpus(tmp_path_factory):
     return out / "manifest.csv"
 
 
+def e2e_overrides(manifest):
+    return [f"data.manifest={manifest}", "train.mode=end_to_end", "encoder.family=wav2vec2", "encoder.finetune=lora",
+            "encoder.layers=last", "encoder.lora.dropout=0.0", "train.window_segments=4", "train.batch_calls=2",
+            "train.epochs=3", "train.patience=10", "train.encoder_lr=0.01", "train.device=cpu",
+            "context.d_model=16", "context.depth=1", "context.heads=2", "cv.folds=2", "cv.only_folds=[0]"]
+
+
 def e2e_config(manifest, *extra):
-    return load_config(overrides=[
-        f"data.manifest={manifest}", "train.mode=end_to_end", "encoder.family=wav2vec2", "encoder.finetune=lora",
-        "encoder.layers=last", "encoder.lora.dropout=0.0", "train.window_segments=4", "train.batch_calls=2",
-        "train.epochs=3", "train.patience=10", "train.encoder_lr=0.01", "train.device=cpu",
-        "context.d_model=16", "context.depth=1", "context.heads=2", "cv.folds=2", "cv.only_folds=[0]", *extra])
+    return load_config(overrides=[*e2e_overrides(manifest), *extra])
 
 
 def test_end_to_end_cv_trains_the_adapters_and_stores_only_what_trained(audio_corpus, tmp_path):
@@ -156,3 +159,21 @@ def test_end_to_end_grids_smoke_run_with_their_lora_arms(path, audio_corpus, tmp
     assert list(result["arms"]) == list(cfg.ablation.arms)
     state = load_file(tmp_path / "ablate" / lora_arm / "fold0" / "model.safetensors")
     assert any("lora_B" in k for k in state)
+
+
+def test_train_command_writes_an_end_to_end_bundle_with_its_adapter(audio_corpus, tmp_path):
+    """`ctxemo train` in end-to-end mode: the bundle carries the trained LoRA weights, loads, and predicts."""
+    from ctxemo.bundle import load_bundle
+    from ctxemo.predict import predict_manifest
+
+    config = tmp_path / "e2e.yaml"
+    config.write_text("name: e2e\n", encoding="utf-8")
+    args = [o for o in e2e_overrides(audio_corpus) if not o.startswith("cv.")]
+    assert main(["train", str(config), *args, "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert bundle.meta["embedding"] == "encoder" and (tmp_path / "run" / "bundle" / "encoder_adapter").is_dir()
+    lora_b = [p for n, p in bundle.encoder().named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.detach().abs().sum()) > 0 for p in lora_b)
+    summary = predict_manifest(tmp_path / "run" / "bundle", audio_corpus, tmp_path / "pred")
+    assert summary.calls and (tmp_path / "pred" / "segments.csv").is_file()
+    assert not list((tmp_path / "run").rglob("*.pt"))
