@@ -165,6 +165,17 @@ CHOICES: Dict[str, Sequence[str]] = {
 }
 
 
+# Numeric keys with a valid range: (lowest allowed, first value not allowed above it or None).
+RANGES: Dict[str, tuple] = {
+    "context.dropout": (0.0, 1.0),
+    "context.attention_dropout": (0.0, 1.0),
+    "head.dropout": (0.0, 1.0),
+    "train.window_segments": (1, None),
+    "train.bucket_calls": (0, None),
+    "train.min_delta": (0.0, None),
+}
+
+
 def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
     """Keys that exist at the parent of `dotted` (for error messages)."""
     node: Any = schema
@@ -213,6 +224,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("config key 'cv.inner_val_fraction' must lie strictly between 0 and 1")
     if cfg.context.window and cfg.context.window_overlap >= cfg.context.window:
         raise ConfigError("config key 'context.window_overlap' must be smaller than 'context.window'")
+    for key, (low, high) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value < low or (high is not None and value >= high):
+            allowed = f">= {low}" if high is None else f"in [{low}, {high})"
+            raise ConfigError(f"config key '{key}' = {value!r} must be {allowed}")
 
 
 def load_config(

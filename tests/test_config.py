@@ -64,3 +64,11 @@ def test_child_arms_replace_parent_arms(tmp_path):
     (tmp_path / "base.yaml").write_text("ablation:\n  arms:\n    a: [context.kind=identity]\n    b: []\n")
     (tmp_path / "grid.yaml").write_text("defaults: [base.yaml]\nablation:\n  arms:\n    x: [loss.kind=bce]\n    y: []\n")
     assert list(load_config([tmp_path / "grid.yaml"]).ablation.arms) == ["x", "y"]
+
+
+@pytest.mark.parametrize("override", ["train.window_segments=0", "train.min_delta=-1", "train.bucket_calls=-3",
+                                      "context.attention_dropout=1.5", "context.dropout=1.0", "head.dropout=-0.1"])
+def test_out_of_range_numbers_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
