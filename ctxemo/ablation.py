@@ -53,12 +53,12 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
         key = _data_key(arm_cfg)
         if key not in loaded:
             loaded[key] = load_corpus(arm_cfg, cache_root=Path(cfg.out_dir) / "cache", progress=progress)
-        if not distributed.is_main():  # under torchrun, other ranks train alongside and write nothing
-            summaries[arm] = run_cv(arm_cfg, run_dir / arm, data=loaded[key], folds_path=folds_path, progress=False)
-            continue
-        arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm")
-        log(f"[ablate] arm {arm!r}: {' '.join(overrides) or '(base config)'}")
-        summaries[arm] = run_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path, progress=progress)
+        main = distributed.is_main()  # under torchrun, other ranks train alongside and write nothing
+        arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm") if main else run_dir / arm
+        if main:
+            log(f"[ablate] arm {arm!r}: {' '.join(overrides) or '(base config)'}")
+        summaries[arm] = run_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path,
+                                progress=progress and main)
     if not distributed.is_main():
         return {"reference": reference, "arms": summaries}
     result = write_comparison(run_dir, summaries, reference=reference, log=log)

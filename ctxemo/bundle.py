@@ -86,16 +86,11 @@ def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
     rebuilding cannot drift from the cache); with one, the configured encoder built under the same seed
     and then loaded with the saved trainable weights.
     """
-    from ctxemo.embed import build_cache_encoder
-    from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
+    from ctxemo.embed import build_cache_encoder, build_seeded_encoder
 
     if adapter_dir is None:
         return build_cache_encoder(cfg).eval()
-    enc_cfg = as_encoder_config(cfg.encoder)
-    enc_cfg.gradient_checkpointing = False
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        encoder = SegmentEncoder.from_config(enc_cfg, sample_rate=int(cfg.data.sample_rate))
+    encoder = build_seeded_encoder(cfg, gradient_checkpointing=False)
     encoder.load_adapter(adapter_dir)
     return encoder.eval()
 

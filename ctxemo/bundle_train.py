@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from ctxemo.bundle import Thresholds, build_encoder, save_bundle, verify_rebuilt_embeddings
 from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import build_call_items
-from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner, train_two_stage
+from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner, trainer
 from ctxemo.io import write_json
 from ctxemo.metrics import tune_binary_threshold, tune_thresholds
 from ctxemo.objective import build_objective
@@ -48,12 +48,8 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
              for name, rows in (("fit", fit_rows), ("val", val_rows))}
     objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
     end_to_end = cfg.train.mode == "end_to_end"
-    if end_to_end:
-        from ctxemo.end_to_end import train_end_to_end as train  # the encoder stack loads only when needed
-    else:
-        train = train_two_stage
     # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller.
-    result, score, model = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=0,
+    result, score, model = trainer(cfg)(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=0,
                                  fold_dir=run_dir, progress=progress)
     val_scores = score(items["val"])
     if cfg.cv.tune_thresholds:

@@ -326,24 +326,33 @@ def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch
     return batches
 
 
+def read_segment(cfg: DictConfig, spec: AudioSpec) -> np.ndarray:
+    """One segment's mono waveform, cropped, at cfg.data.sample_rate from cfg.data.channel."""
+    from ctxemo.data.audio import read_audio
+
+    return read_audio(spec.path, start_sec=spec.start_sec, end_sec=spec.end_sec, channel=int(cfg.data.channel),
+                      target_sr=int(cfg.data.sample_rate))
+
+
+def pad_segments(cfg: DictConfig, waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`pad_waves` with the data config's minimum segment length and the 0.25-s width grid."""
+    sr = int(cfg.data.sample_rate)
+    return pad_waves(waves, min_samples=max(int(round(float(cfg.data.min_segment_sec) * sr)), 1),
+                     multiple=int(PAD_MULTIPLE_SEC * sr))
+
+
 def encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *, device: Optional[str] = None,
                 bar: Optional[tqdm] = None) -> np.ndarray:
     """Embeddings [len(specs), D] in the given order, computed in length-bucketed batches (no cache)."""
-    from ctxemo.data.audio import read_audio
-
     target = _resolve_device(cfg, device)
     was_training = encoder.training
     encoder = encoder.to(target).eval()
-    sr = int(cfg.data.sample_rate)
-    min_samples = int(round(float(cfg.data.min_segment_sec) * sr))
     batches = length_buckets(_durations_sec(specs), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
     out = np.empty((len(specs), encoder.output_dim), dtype=np.float32)
     with torch.inference_mode():
         for batch in batches:
-            waves = [read_audio(specs[i].path, start_sec=specs[i].start_sec, end_sec=specs[i].end_sec,
-                                channel=int(cfg.data.channel), target_sr=sr) for i in batch]
-            padded, lens = pad_waves(waves, min_samples=max(min_samples, 1), multiple=int(PAD_MULTIPLE_SEC * sr))
+            padded, lens = pad_segments(cfg, [read_segment(cfg, specs[i]) for i in batch])
             emb = encoder(padded.to(target), lens.to(target))
             out[batch] = emb.float().cpu().numpy()
             if bar is not None:

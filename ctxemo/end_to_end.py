@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import CallBatch, CallItem, collate
 from ctxemo.data.windows import epoch_windows
-from ctxemo.embed import PAD_MULTIPLE_SEC, AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets
+from ctxemo.embed import (PAD_MULTIPLE_SEC, AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets,
+                          pad_segments, read_segment)
 from ctxemo.experiment import CorpusData, TrainedModel, audio_specs
 from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
-from ctxemo.models.frontend import pad_waves
 from ctxemo.models.model import build_call_model, feature_stats
 from ctxemo.scoring import SegmentScores, score_items
 from ctxemo.taxonomy import Taxonomy
@@ -43,10 +42,7 @@ def make_window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: D
     batch = collate(units, device)
     rows = [int(r) for unit in units for r in unit.rows]  # row-major order of seg_mask's True entries
     sr = int(cfg.data.sample_rate)
-    waves = [read_audio(specs[r].path, start_sec=specs[r].start_sec, end_sec=specs[r].end_sec,
-                        channel=int(cfg.data.channel), target_sr=sr) for r in rows]
-    padded, lens = pad_waves(waves, min_samples=max(int(round(float(cfg.data.min_segment_sec) * sr)), 1),
-                             multiple=int(PAD_MULTIPLE_SEC * sr))
+    padded, lens = pad_segments(cfg, [read_segment(cfg, specs[r]) for r in rows])
     buckets = length_buckets((lens.double() / sr).tolist(), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
     calls = batch.inputs

@@ -168,6 +168,15 @@ def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Cal
                                                           device=device)[0], model)
 
 
+def trainer(cfg: DictConfig) -> Callable[..., TrainedModel]:
+    """train_two_stage, or train_end_to_end for train.mode=end_to_end (same signature)."""
+    if cfg.train.mode == "end_to_end":
+        from ctxemo.end_to_end import train_end_to_end  # the encoder stack loads only when needed
+
+        return train_end_to_end
+    return train_two_stage
+
+
 def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray, fold_dir: Path,
              progress: bool = True) -> Dict:
     """Train on the other folds' callers (inner split for early stopping), tune thresholds on the inner
@@ -175,13 +184,7 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
     items = fold_items(cfg, data, fold=fold, test_rows=test_rows)
     objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
-    if cfg.train.mode == "end_to_end":
-        from ctxemo.end_to_end import train_end_to_end  # the encoder stack loads only when needed
-
-        train = train_end_to_end
-    else:
-        train = train_two_stage
-    result, score, _ = train(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=fold,
+    result, score, _ = trainer(cfg)(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=fold,
                              fold_dir=fold_dir, progress=progress)
     val_scores = score(items["val"])
     if cfg.cv.tune_thresholds:

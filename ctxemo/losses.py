@@ -231,11 +231,10 @@ def build_loss(
     if balanced and class_counts is None:
         raise ValueError(f"loss kind {kind!r} needs the training fold's class counts")
     weights = None
-    if balanced:
-        counts = np.asarray(class_counts.detach().cpu() if isinstance(class_counts, torch.Tensor) else class_counts,
-                            dtype=np.float64)
+    if balanced and np.ndim(class_counts) == 2:
         # [c, 2] = per label [n_without, n_with]: class-balanced weights per label (sigmoid fine head)
-        weights = (torch.stack([class_balanced_weights(row, beta=beta) for row in counts]) if counts.ndim == 2
-                   else class_balanced_weights(counts, beta=beta))
+        weights = torch.stack([class_balanced_weights(row, beta=beta) for row in class_counts])
+    elif balanced:
+        weights = class_balanced_weights(class_counts, beta=beta)
     focal_gamma = gamma if kind in ("cb_focal", "focal") else 0.0
     return FocalLoss(class_weights=weights, gamma=focal_gamma, multilabel=multilabel)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from ctxemo.data.datasets import CallBatch, CallItem, iterate_batches
-from ctxemo.models.heads import fine_probabilities  # noqa: F401  (re-exported: its home before heads.py)
 from ctxemo.models.model import CallModel, forward_windowed
 
 
