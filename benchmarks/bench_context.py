@@ -3,7 +3,7 @@ embeddings, with wall time and peak memory, and how both grow with the corpus si
 
 Corpus (synthetic, written to a temporary folder as a precomputed-features manifest + `.npy`): at 1x,
 105 callers, 20,630 caller segments, 1024-d features, 1-3 calls per caller of 70-200 segments each.
-Planted signal as in DESIGN.md: a per-caller baseline larger than the emotion cues, negative episodes
+Planted signal as in docs/design.md: a per-caller baseline larger than the emotion cues, negative episodes
 that persist along a call, and a weak direction per fine label.
 
 Each size runs in a fresh process, so peak memory is that size's own: `resource.getrusage` maxrss of
@@ -105,7 +105,8 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
 
     torch.set_num_threads(job["threads"])
     from ctxemo.config import load_config
-    from ctxemo.experiment import load_corpus, run_cv
+    from ctxemo.embedding.corpus import load_corpus
+    from ctxemo.studies.cv import run_cv
 
     # One-time costs, paid once per command whatever the corpus size: the first optimizer pulls in
     # torch._dynamo (seconds). Timed apart so that the first arm is not charged for them.

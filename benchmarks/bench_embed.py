@@ -1,7 +1,7 @@
 """Segments per second of ctxemo's embedding path vs the seed study's, on base-size random-init models.
 
 Seed study's way: transformers' feature extractor + model, one segment at a time, Whisper padded to
-30 s, mean of the last hidden state. Ours: `ctxemo.embed.embed_manifest` (length-bucketed batches,
+30 s, mean of the last hidden state. Ours: `ctxemo.embedding.encode.embed_manifest` (length-bucketed batches,
 masked padding, Whisper on the segment's own frames), then a second call on the same corpus (cache hit).
 Each measurement runs in a fresh process so its peak RSS (getrusage) is its own; model building is
 not timed. "max |seed - ours|" checks the paths agree where they should (wav2vec2: padding-free
@@ -69,7 +69,8 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(job["threads"])
     paths = [Path(p) for p in job["paths"]]
     cfg = _config(job["family"])
-    from ctxemo.embed import build_cache_encoder, embed_manifest
+    from ctxemo.embedding.cache import embed_manifest
+    from ctxemo.embedding.encode import build_cache_encoder
 
     # Both ways get the same seeded random weights, built before the clock starts.
     encoder = build_cache_encoder(cfg)

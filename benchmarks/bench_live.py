@@ -26,16 +26,17 @@ BASE_WAV2VEC2 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=
 
 
 def make_bundle(folder: Path, *, window: int, d_model: int, depth: int, encoder: str):
-    from ctxemo.bundle import Thresholds, load_bundle, save_bundle
     from ctxemo.config import load_config
-    from ctxemo.models.model import build_call_model
+    from ctxemo.evaluation.evaluate import Thresholds
+    from ctxemo.inference.bundle import load_bundle, save_bundle
+    from ctxemo.models.call_model import build_call_model
     from ctxemo.taxonomy import Taxonomy
 
     cfg = load_config(overrides=["context.causal=true", f"context.window={window}", f"context.d_model={d_model}",
                                  f"context.depth={depth}", "context.heads=4", "train.device=cpu"])
     if encoder == "base":
         cfg.encoder.model_config = BASE_WAV2VEC2
-    from ctxemo.bundle import build_encoder
+    from ctxemo.inference.bundle import build_encoder
 
     d_in = build_encoder(cfg).output_dim
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
@@ -51,7 +52,7 @@ def percentile_ms(values, q):
 
 
 def run(args) -> None:
-    from ctxemo.live import LiveSession
+    from ctxemo.inference.live import LiveSession
 
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # window=0 warns that live cost grows: that is what it then shows

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
+from ctxemo.inference.bundle import load_bundle
+from ctxemo.inference.predict import parse_channels, predict_inputs
 
 
 def _int_at_least(low: int):
@@ -39,20 +41,21 @@ def _config_and_run_dir(args, command: str):
 
 
 def cmd_demo(args) -> None:
-    from ctxemo.demo import run_demo
+    from ctxemo.studies.demo import run_demo
 
     run_demo(args.out, n_calls=args.calls, seed=args.seed, overrides=args.overrides, progress=not args.quiet)
 
 
 def cmd_synth(args) -> None:
-    from ctxemo.data.synthetic import generate_corpus, write_call_recordings
+    from ctxemo.data.synthetic import generate_corpus
+    from ctxemo.data.synthetic_voice import write_call_recordings
 
     manifest = generate_corpus(Path(args.out), n_calls=args.calls, seed=args.seed, progress=not args.quiet)
     print(f"wrote {manifest}")
     if args.recordings:
+        from ctxemo.config import DEFAULT_LABELS
         from ctxemo.data.manifest import load_manifest
         from ctxemo.taxonomy import Taxonomy
-        from ctxemo.config import DEFAULT_LABELS
 
         calls = load_manifest(manifest, Taxonomy(labels=tuple(DEFAULT_LABELS))).call_ids()[: args.recordings]
         turns = write_call_recordings(manifest, Path(args.out) / "recordings", call_ids=calls, seed=args.seed)
@@ -70,7 +73,7 @@ def cmd_import_seed(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from ctxemo.experiment import load_corpus
+    from ctxemo.embedding.corpus import load_corpus
     from ctxemo.runinfo import start_run
 
     cfg, run_dir = _config_and_run_dir(args, "embed")
@@ -80,10 +83,11 @@ def cmd_embed(args) -> None:
 
 
 def cmd_cv(args) -> None:
-    from ctxemo import distributed
-    from ctxemo.experiment import HEADLINE, run_cv
-    from ctxemo.report import print_comparison
+    from ctxemo.evaluation.evaluate import HEADLINE
+    from ctxemo.reports.tables import print_comparison
     from ctxemo.runinfo import start_run
+    from ctxemo.studies.cv import run_cv
+    from ctxemo.training import distributed
 
     cfg, run_dir = _config_and_run_dir(args, "cv")
     distributed.init_from_env()  # under torchrun: every rank trains, rank 0 alone writes and prints
@@ -97,9 +101,9 @@ def cmd_cv(args) -> None:
 
 
 def cmd_ablate(args) -> None:
-    from ctxemo import distributed
-    from ctxemo.ablation import run_ablation
     from ctxemo.runinfo import start_run
+    from ctxemo.studies.ablation import run_ablation
+    from ctxemo.training import distributed
 
     cfg, run_dir = _config_and_run_dir(args, "ablate")
     distributed.init_from_env()
@@ -111,20 +115,19 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from ctxemo.report_run import regenerate
+    from ctxemo.reports.comparison import regenerate
 
     print(regenerate(Path(args.run_dir)))
 
 
 def cmd_train(args) -> None:
-    from ctxemo.bundle_train import train_bundle
+    from ctxemo.studies.train_bundle import train_bundle
 
     cfg, run_dir = _config_and_run_dir(args, "train")
     train_bundle(cfg, run_dir, progress=not args.quiet)
 
 
 def cmd_predict(args) -> None:
-    from ctxemo.predict import predict_command
 
     predict_command(args)
 
@@ -215,3 +218,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def predict_command(args) -> None:
+    """`ctxemo predict BUNDLE INPUT... [--out DIR] [--live] [--channels caller,operator] [--plot] [--quiet]`."""
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    bundle = load_bundle(args.bundle, device="auto")
+    summary = predict_inputs(bundle, args.inputs, args.out, channels=parse_channels(args.channels), live=args.live,
+                             plot=args.plot, features=getattr(args, "features", None), log=log)
+    kept = f", kept {len(summary.resumed)} finished earlier" if summary.resumed else ""
+    print(f"scored {len(summary.calls)} call(s), skipped {len(summary.skipped)} item(s){kept}; "
+          f"results in {summary.out_dir}")
+    if summary.errors:
+        raise CtxemoError(f"{summary.errors} input(s) failed with unexpected errors (see skipped.csv and the "
+                          "tracebacks above); the other calls were written")

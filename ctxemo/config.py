@@ -8,10 +8,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from ctxemo.errors import ConfigError
 
@@ -31,7 +36,7 @@ class TaxonomyConfig:
 
 @dataclass
 class DataConfig:
-    manifest: Optional[str] = None  # CSV or JSONL, see DESIGN.md "data contract"
+    manifest: Optional[str] = None  # CSV or JSONL, see docs/design.md "The data contract"
     features: Optional[str] = None  # float32 .npy [N, D] aligned to manifest rows; skips the encoder
     sample_rate: int = 16000
     channel: int = -1  # -1 mixes channels down; k >= 0 picks channel k
@@ -151,14 +156,31 @@ class ExperimentConfig:
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
+def parse_layers(layers: Union[str, int]) -> Union[str, int]:
+    """encoder.layers: 'weighted' | 'last' | an int (strings of digits, e.g. from a YAML override, become ints).
+
+    >>> parse_layers("7"), parse_layers("weighted")
+    (7, 'weighted')
+    """
+    if layers in ("weighted", "last"):
+        return layers
+    try:
+        return int(layers)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key 'encoder.layers' = {layers!r}: use 'weighted', 'last' or an integer index") from None
+
+
 # Closed sets of values, checked after every merge (a typo must not silently pick a default).
+ENCODER_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")  # models.backbones.FAMILIES
+CONTEXT_KINDS = ("identity", "call_norm", "transformer")  # models.context
+LOSS_KINDS = ("cb_focal", "focal", "bce", "weighted_bce")  # training.losses
 CHOICES: Dict[str, Sequence[str]] = {
-    "encoder.family": ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"),
+    "encoder.family": ENCODER_FAMILIES,
     "encoder.pooling": ("mean", "attentive_stats"),
     "encoder.finetune": ("frozen", "lora", "full"),
-    "context.kind": ("identity", "call_norm", "transformer"),
+    "context.kind": CONTEXT_KINDS,
     "head.binary_from": ("head", "fine"),
-    "loss.kind": ("cb_focal", "focal", "bce", "weighted_bce"),
+    "loss.kind": LOSS_KINDS,
     "train.mode": ("two_stage", "end_to_end"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
@@ -204,14 +226,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}")
-    layers = cfg.encoder.layers
-    if layers not in ("weighted", "last"):
-        try:
-            int(layers)
-        except ValueError:
-            raise ConfigError(
-                f"config key 'encoder.layers' = {layers!r}: use 'weighted', 'last' or an integer index"
-            ) from None
+    parse_layers(cfg.encoder.layers)
     labels = list(cfg.taxonomy.labels)
     if not labels or len(set(labels)) != len(labels):
         raise ConfigError(f"config key 'taxonomy.labels' must be a non-empty list of distinct names: {labels}")

@@ -2,7 +2,7 @@
 predictions as arrays, per-call trajectories, and errors binned by position in the call and duration.
 
 Everything here returns numbers, ids and label names (plus audio clips on explicit request), so that a
-notebook only calls, displays and plots. Figures live in `ctxemo.explore_plots`.
+notebook only calls, displays and plots. Figures live in `ctxemo.reports.explore_plots`.
 
 Legend: n = segments (manifest rows or pooled predictions), c = fine labels, k = callers, b = bins.
 """
@@ -17,10 +17,11 @@ import soundfile as sf
 from ctxemo.data.manifest import Manifest, load_manifest
 from ctxemo.errors import CtxemoError
 from ctxemo.io import read_json
+from ctxemo.reports.tables import format_p
 from ctxemo.taxonomy import Taxonomy
 
-if TYPE_CHECKING:  # report_run imports torch; the corpus half of this module does not need it
-    from ctxemo.report_run import Pooled
+if TYPE_CHECKING:  # reports.run_folder imports torch; the corpus half of this module does not need it
+    from ctxemo.reports.run_folder import Pooled
 
 # ----------------------------------------------------------------------------- corpus
 
@@ -56,7 +57,7 @@ def label_table(manifest: Manifest) -> Tuple[List[str], List[list]]:
     """Per label (negative first): caller segments carrying it, their share, and callers with at least one.
 
     Returns:
-        (header, rows) for `ctxemo.report.markdown_table`.
+        (header, rows) for `ctxemo.reports.tables.markdown_table`.
     """
     rows = np.flatnonzero(manifest.is_caller)
     matrix = label_matrix(manifest, rows)
@@ -201,7 +202,9 @@ def corpus_overview(manifest: Manifest, durations: Optional[np.ndarray] = None) 
 
 def segment_audio(manifest: Manifest, row: int, *, sample_rate: int = 16000) -> np.ndarray:
     """float32 [t]: the audio of one manifest row (cropped to start/end when given), mono at `sample_rate`."""
-    from ctxemo.data.audio import read_audio  # torch-backed resampling: imported only when audio is wanted
+    from ctxemo.data.audio import (
+        read_audio,  # torch-backed resampling: imported only when audio is wanted
+    )
 
     def sec(v: float) -> Optional[float]:
         return None if np.isnan(v) else float(v)
@@ -216,7 +219,7 @@ def ensure_run(run_dir: str | Path, *, config: Optional[str | Path] = None, over
                n_calls: Optional[int] = None, seed: int = 0, progress: bool = False, log=print) -> Dict:
     """The comparison of a finished ablation folder, running it first when `run_dir/summary.json` is absent.
 
-    Without `config` the run is the demo study (`ctxemo.demo.run_demo`: synthetic corpus of `n_calls`
+    Without `config` the run is the demo study (`ctxemo.studies.demo.run_demo`: synthetic corpus of `n_calls`
     calls in `run_dir/corpus`, isolated vs contextual); with it, `config` + `overrides` must define
     `ablation.arms` (e.g. experiments/configs/ablation/context.yaml data.manifest=...). A half-finished
     folder resumes. Returns summary.json's content.
@@ -226,13 +229,13 @@ def ensure_run(run_dir: str | Path, *, config: Optional[str | Path] = None, over
         log(f"[explore] loading {run_dir}")
         return read_json(run_dir / "summary.json")
     if config is None:
-        from ctxemo.demo import DEMO_CALLS, run_demo
+        from ctxemo.studies.demo import DEMO_CALLS, run_demo
 
         return run_demo(run_dir, n_calls=n_calls or DEMO_CALLS, seed=seed, overrides=overrides, progress=progress,
                         log=log)
-    from ctxemo.ablation import run_ablation
     from ctxemo.config import load_config
     from ctxemo.runinfo import start_run
+    from ctxemo.studies.ablation import run_ablation
 
     cfg = load_config([config], list(overrides))
     start_run(run_dir, cfg, command="ablate")
@@ -246,11 +249,11 @@ def load_arms(run_dir: str | Path) -> Dict[str, Pooled]:
         run_dir: an ablation / demo folder (one subfolder per arm) or a cv folder (one arm, named by
             its config's `name`).
     Returns:
-        {arm: ctxemo.report_run.Pooled} in the config's arm order; arms without predictions are left out.
+        {arm: ctxemo.reports.run_folder.Pooled} in the config's arm order; arms without predictions are left out.
     """
     from omegaconf import OmegaConf
 
-    from ctxemo.report_run import arm_dirs, detect_kind, load_predictions
+    from ctxemo.reports.run_folder import arm_dirs, detect_kind, load_predictions
 
     run_dir = Path(run_dir)
     if detect_kind(run_dir) == "cv":
@@ -285,7 +288,7 @@ def paired_rows(summary: Dict, metrics: Optional[Sequence[str]] = None) -> Tuple
     and Wilcoxon p (from summary.json's "paired").
 
     Returns:
-        (header, rows) for `ctxemo.report.markdown_table`.
+        (header, rows) for `ctxemo.reports.tables.markdown_table`.
     """
     reference = summary["reference"]
     metrics = list(metrics or summary["metrics"])
@@ -299,12 +302,8 @@ def paired_rows(summary: Dict, metrics: Optional[Sequence[str]] = None) -> Tuple
             t = tests[name]
             rows.append([arm, name, " ".join(f"{100 * v:.1f}" for v in ref_folds),
                          " ".join(f"{100 * v:.1f}" for v in arm_folds), f"{100 * t['mean_diff']:+.2f}",
-                         _p(t.get("p_ttest")), _p(t.get("p_wilcoxon"))])
+                         format_p(t.get("p_ttest")), format_p(t.get("p_wilcoxon"))])
     return ["arm", "metric", f"{reference} per fold", "arm per fold", "Δ mean", "p (t-test)", "p (Wilcoxon)"], rows
-
-
-def _p(value) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
 def call_trajectory(pooled: Pooled, call_id: str) -> Dict[str, np.ndarray]:
@@ -393,7 +392,7 @@ def describe_segments(pooled: Pooled, idx: np.ndarray, *, manifest: Optional[Man
     `manifest`, the audio path (relative to the manifest's folder) and crop.
 
     Returns:
-        (header, rows) for `ctxemo.report.markdown_table`.
+        (header, rows) for `ctxemo.reports.tables.markdown_table`.
     """
     header = ["call_id", "segment_index", "gold negative", "p_negative", "decided", "gold labels",
               f"top {top} predicted"]

@@ -2,10 +2,11 @@
 import numpy as np
 import torch
 
-from ctxemo.bundle import Thresholds, save_bundle
 from ctxemo.config import load_config
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus
-from ctxemo.models.model import build_call_model
+from ctxemo.evaluation.evaluate import Thresholds
+from ctxemo.inference.bundle import save_bundle
+from ctxemo.models.call_model import build_call_model
 from ctxemo.taxonomy import Taxonomy
 
 SR = 16000

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from ctxemo.data.datasets import batch_indices
-from ctxemo.train import _is_better
+from ctxemo.training.loop import _is_better
 
 
 def _padding(batches, lengths):

@@ -7,16 +7,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from ctxemo.bundle import (ENCODER_FILE, META_FILE, Thresholds, _sha256, build_encoder, load_bundle, probe_signal,
-                           save_bundle)
-from ctxemo.cli import main
-from ctxemo.errors import BundleError
-from ctxemo.models.model import build_call_model, feature_stats, forward_windowed
-from ctxemo.taxonomy import Taxonomy
-
 from bundle_helpers import SR, call_arrays, random_bundle, small_corpus, tiny_config
 
+from ctxemo.cli import main
+from ctxemo.errors import BundleError
+from ctxemo.evaluation.evaluate import Thresholds
+from ctxemo.inference.bundle import (
+    ENCODER_FILE,
+    META_FILE,
+    _sha256,
+    build_encoder,
+    load_bundle,
+    probe_signal,
+    save_bundle,
+)
+from ctxemo.models.call_model import build_call_model, feature_stats, forward_windowed
+from ctxemo.taxonomy import Taxonomy
 
 # ----------------------------------------------------------------------------- round trip
 
@@ -34,7 +40,7 @@ def test_round_trip_scores_like_the_saved_model(tmp_path):
     feats, roles, start, end = call_arrays(11, 6)
     scores = bundle.score_call(feats, roles=roles, start_sec=start, end_sec=end)
     # Reference: the original model, fed the way training feeds it (test_time_features_match_training).
-    from ctxemo.bundle import call_inputs, time_features
+    from ctxemo.data.datasets import call_inputs, time_features
     model.eval()
     with torch.no_grad():
         logits = forward_windowed(model, call_inputs(feats, roles=roles, positions=np.arange(11),
@@ -44,17 +50,18 @@ def test_round_trip_scores_like_the_saved_model(tmp_path):
     assert np.isnan(scores.p_negative[~caller]).all() and np.isnan(scores.p_fine[~caller]).all()
 
 
-def test_time_features_match_training():
-    from ctxemo.bundle import time_features
-    from ctxemo.data.datasets import _time_features
+def test_time_features_one_at_a_time_match_the_whole_call():
+    """Live scoring pushes one segment at a time (previous_end = the last in-context end); offline scoring
+    and training compute the whole call at once: the rows must agree, NaN (unknown) times included."""
+    from ctxemo.data.datasets import time_features
 
-    class FakeManifest:
-        start_sec = np.array([0.5, np.nan, 4.0, 3.0])
-        end_sec = np.array([1.5, 3.0, 5.0, 3.5])
-
-    rows = np.arange(4)
-    np.testing.assert_array_equal(time_features(FakeManifest.start_sec, FakeManifest.end_sec),
-                                  _time_features(FakeManifest, rows))
+    start = np.array([0.5, np.nan, 4.0, 3.0])
+    end = np.array([1.5, 3.0, 5.0, 3.5])
+    whole = time_features(start, end)
+    one_by_one = [time_features(start[i:i + 1], end[i:i + 1], previous_end=end[i - 1] if i else None)[0]
+                  for i in range(len(start))]
+    np.testing.assert_array_equal(whole, np.stack(one_by_one))
+    assert whole[0, 0] == 0.0 and whole[1, 1] == 0.0  # no previous segment; unknown start
 
 
 def test_train_command_writes_a_bundle_on_features(features_config, tmp_path):
@@ -72,8 +79,8 @@ def test_train_command_writes_a_bundle_on_features(features_config, tmp_path):
 @pytest.fixture(scope="module")
 def audio_run(tmp_path_factory):
     """`train_bundle` on a 4-call audio corpus (two-stage: tiny random-init encoder, cached embeddings)."""
-    from ctxemo.bundle_train import train_bundle
-    from ctxemo.experiment import load_corpus
+    from ctxemo.embedding.corpus import load_corpus
+    from ctxemo.studies.train_bundle import train_bundle
 
     root = tmp_path_factory.mktemp("audio_run")
     manifest = small_corpus(root / "corpus")
@@ -123,7 +130,7 @@ def test_fine_tuned_encoder_travels_as_an_adapter(tmp_path):
     cfg = tiny_config(tmp_path, "encoder.finetune=lora", "encoder.lora.rank=2")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
-        from ctxemo.models.encoders import SegmentEncoder
+        from ctxemo.models.segment_encoder import SegmentEncoder
         encoder = SegmentEncoder.from_config(cfg.encoder, sample_rate=SR)
     with torch.no_grad():  # "training": move every trainable weight
         for param in encoder.trainable_parameters():

@@ -3,7 +3,8 @@ causal never looks ahead, windows agree with the whole call, padding never matte
 import pytest
 import torch
 
-from ctxemo.models.model import CallInputs, CallModel, forward_windowed
+from ctxemo.data.datasets import CallInputs
+from ctxemo.models.call_model import CallModel, forward_windowed
 
 D, C = 6, 11
 
@@ -119,7 +120,7 @@ def test_self_only_attention_shortcut_equals_attention_with_an_identity_mask():
 def test_feature_stats_equal_mean_and_std_of_the_rows_without_copying_them_whole():
     import numpy as np
 
-    from ctxemo.models.model import feature_stats
+    from ctxemo.models.call_model import feature_stats
 
     feats = np.random.default_rng(0).normal(3.0, 2.0, (1000, 5)).astype(np.float32)
     rows = np.arange(0, 1000, 3)
@@ -132,7 +133,7 @@ def test_fine_head_trained_on_negative_segments_reports_p_label_times_p_negative
     """head.fine_on_negative_only: the fine head estimates P(label | negative); reported probabilities
     are P(label) = P(negative) x P(label | negative), never above P(negative)."""
     from ctxemo.config import load_config
-    from ctxemo.models.model import build_call_model
+    from ctxemo.models.call_model import build_call_model
     from ctxemo.taxonomy import Taxonomy
 
     taxonomy = Taxonomy(labels=tuple(f"l{i}" for i in range(C)))

@@ -15,15 +15,15 @@ import sys
 import numpy as np
 import torch
 
-from ctxemo import distributed
 from ctxemo.config import load_config
 from ctxemo.data.datasets import build_call_items, collate
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import load_manifest
-from ctxemo.experiment import run_cv
-from ctxemo.models.model import build_call_model
-from ctxemo.objective import build_objective
+from ctxemo.models.call_model import build_call_model
+from ctxemo.studies.cv import run_cv
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training import distributed
+from ctxemo.training.objective import build_objective
 
 # Dropout off: ranks draw their own dropout masks, which no one-process run can reproduce.
 OVERRIDES = ["cv.folds=2", "train.epochs=3", "train.patience=10", "context.dropout=0.0", "head.dropout=0.0"]

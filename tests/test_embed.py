@@ -7,12 +7,19 @@ import pytest
 import soundfile as sf
 import torch
 
-import ctxemo.embed as embed
+import ctxemo.embedding.encode as embed
 from ctxemo.config import load_config
-from ctxemo.embed import AudioSpec, build_cache_encoder, embed_manifest, encode_rows, encoder_fingerprint, length_buckets
+from ctxemo.embedding.cache import embed_manifest, encoder_fingerprint
+from ctxemo.embedding.encode import (
+    AudioSpec,
+    EmbedSettings,
+    build_cache_encoder,
+    encode_rows,
+    length_buckets,
+)
 from ctxemo.errors import AudioError
-from ctxemo.models.encoders import SegmentEncoder
 from ctxemo.models.frontend import pad_waves
+from ctxemo.models.segment_encoder import SegmentEncoder
 
 SR = 16000
 
@@ -161,5 +168,5 @@ def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):
     path = tmp_path / "long.wav"
     sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(int(1.27 * SR))).astype(np.float32), SR)
     cfg = load_config(overrides=["encoder.family=whisper", "data.channel=0"])
-    emb = encode_rows(cfg, build_cache_encoder(cfg), [AudioSpec(path)])
+    emb = encode_rows(EmbedSettings.from_config(cfg), build_cache_encoder(cfg), [AudioSpec(path)])
     assert emb.shape[0] == 1 and np.isfinite(emb).all()

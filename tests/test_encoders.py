@@ -4,13 +4,18 @@ import json
 
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+from transformers import (
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
 
 from ctxemo.config import EncoderConfig, LoraConfig
 from ctxemo.errors import BundleError, ConfigError
-from ctxemo.models.encoders import SegmentEncoder, merge_chunks, split_into_chunks
-from ctxemo.models.frontend import pad_waves
 from ctxemo.models.backbones import tiny_model_config
+from ctxemo.models.chunking import merge_chunks, split_into_chunks
+from ctxemo.models.frontend import pad_waves
+from ctxemo.models.segment_encoder import SegmentEncoder
 from ctxemo.models.upstream import MaskedGroupNorm, WhisperUpstream
 
 FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"]

@@ -6,21 +6,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import dies_on_call
 from safetensors.torch import load_file
 
-import ctxemo.end_to_end as end_to_end
-from conftest import dies_on_call
-from ctxemo.ablation import run_ablation
+import ctxemo.training.end_to_end as end_to_end
 from ctxemo.cli import main
 from ctxemo.config import load_config
-from ctxemo.data.datasets import CallItem, collate
+from ctxemo.data.datasets import CallInputs, CallItem, collate
 from ctxemo.data.windows import epoch_windows
+from ctxemo.embedding.corpus import load_corpus
 from ctxemo.errors import ConfigError
-from ctxemo.experiment import load_corpus, run_cv
-from ctxemo.models.encoders import SegmentEncoder
-from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
+from ctxemo.models.call_model import build_call_model
+from ctxemo.models.end_to_end_model import AudioCallInputs, EndToEndModel
 from ctxemo.models.frontend import pad_waves
-from ctxemo.models.model import CallInputs, build_call_model
+from ctxemo.models.segment_encoder import SegmentEncoder
+from ctxemo.studies.ablation import run_ablation
+from ctxemo.studies.cv import run_cv
 
 
 def _call(n: int, call_id: str = "c") -> CallItem:
@@ -154,7 +155,7 @@ def test_end_to_end_grids_smoke_run_with_their_lora_arms(path, audio_corpus, tmp
     arms = dict(cfg.ablation.arms)
     lora_arm = next(a for a, o in arms.items() if "encoder.finetune=lora" in o)
     cfg.ablation.arms = {cfg.ablation.reference: arms[cfg.ablation.reference], lora_arm: arms[lora_arm]}
-    monkeypatch.setattr("ctxemo.ablation.finish_comparison", lambda run_dir, result, **kw: result)
+    monkeypatch.setattr("ctxemo.studies.ablation.finish_comparison", lambda run_dir, result, **kw: result)
     result = run_ablation(cfg, tmp_path / "ablate", progress=False, log=lambda *_: None)
     assert list(result["arms"]) == list(cfg.ablation.arms)
     state = load_file(tmp_path / "ablate" / lora_arm / "fold0" / "model.safetensors")
@@ -163,8 +164,8 @@ def test_end_to_end_grids_smoke_run_with_their_lora_arms(path, audio_corpus, tmp
 
 def test_train_command_writes_an_end_to_end_bundle_with_its_adapter(audio_corpus, tmp_path):
     """`ctxemo train` in end-to-end mode: the bundle carries the trained LoRA weights, loads, and predicts."""
-    from ctxemo.bundle import load_bundle
-    from ctxemo.predict import predict_manifest
+    from ctxemo.inference.bundle import load_bundle
+    from ctxemo.inference.predict import predict_manifest
 
     config = tmp_path / "e2e.yaml"
     config.write_text("name: e2e\n", encoding="utf-8")

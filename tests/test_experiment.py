@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import feature_corpus
 from sklearn import metrics as skm
 
-from conftest import feature_corpus
-from ctxemo import experiment
 from ctxemo.cli import main
 from ctxemo.config import load_config
 from ctxemo.data.splits import load_folds
-from ctxemo.experiment import load_corpus, run_cv
+from ctxemo.embedding.corpus import load_corpus
+from ctxemo.evaluation import evaluate as evaluate_module
+from ctxemo.studies import cv as experiment
+from ctxemo.studies.cv import run_cv
+from ctxemo.training import trainers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARMS = ["ablation.arms.isolated=[context.kind=identity]", "ablation.arms.contextual=[context.kind=transformer]",
@@ -58,8 +61,8 @@ def test_callers_disjoint_and_test_fold_never_tunes(corpus_config, tmp_path, mon
     data = load_corpus(cfg, progress=False)
     caller = np.asarray(data.manifest.caller_id)
     events = []
-    real_fit, real_score = experiment.fit, experiment.score_items
-    real_tune_binary, real_tune_fine = experiment.tune_binary_threshold, experiment.tune_thresholds
+    real_fit, real_score = trainers.fit, trainers.score_items
+    real_tune_binary, real_tune_fine = evaluate_module.tune_binary_threshold, evaluate_module.tune_thresholds
 
     def spy_fit(model, *, train_items, val_items, **kwargs):
         events.append(("fit", _rows(train_items), _rows(val_items)))
@@ -76,10 +79,10 @@ def test_callers_disjoint_and_test_fold_never_tunes(corpus_config, tmp_path, mon
             return real(y, p)
         return tune
 
-    monkeypatch.setattr(experiment, "fit", spy_fit)
-    monkeypatch.setattr(experiment, "score_items", spy_score)
-    monkeypatch.setattr(experiment, "tune_binary_threshold", spy_tune("tune_binary", real_tune_binary))
-    monkeypatch.setattr(experiment, "tune_thresholds", spy_tune("tune_fine", real_tune_fine))
+    monkeypatch.setattr(trainers, "fit", spy_fit)
+    monkeypatch.setattr(trainers, "score_items", spy_score)
+    monkeypatch.setattr(evaluate_module, "tune_binary_threshold", spy_tune("tune_binary", real_tune_binary))
+    monkeypatch.setattr(evaluate_module, "tune_thresholds", spy_tune("tune_fine", real_tune_fine))
     run_cv(cfg, tmp_path / "cv", data=data, progress=False)
 
     folds = load_folds(tmp_path / "cv" / "folds.json", data.manifest.caller_id)
@@ -189,7 +192,7 @@ def test_ablate_cli_prints_a_table_with_p_values(ablate_run):
 
 
 def test_ablate_adds_the_caller_bootstrap(ablate_run):
-    """Needs run_ablation to end with report_run.finish_comparison (see report_run)."""
+    """Needs run_ablation to end with reports.comparison.finish_comparison."""
     out_dir, stdout, _ = ablate_run
     boot = json.loads((out_dir / "summary.json").read_text())["bootstrap"]
     assert boot["grouped_by"] == "caller_id"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import feature_corpus
 from omegaconf import OmegaConf
 
-from conftest import feature_corpus
-from ctxemo.ablation import arms_from_config, run_ablation
 from ctxemo.config import load_config
-from ctxemo.experiment import run_cv
+from ctxemo.studies.ablation import arms_from_config, run_ablation
+from ctxemo.studies.cv import run_cv
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 CONFIG_DIR = EXPERIMENTS / "configs"
@@ -60,14 +60,15 @@ def no_hub(monkeypatch):
 @pytest.fixture(autouse=True)
 def quick_comparison(monkeypatch):
     """The ablation's closing bootstrap and plots are tested in test_report; here a few resamples, no plots."""
-    from ctxemo import ablation, report_run
+    from ctxemo.reports import comparison
+    from ctxemo.studies import ablation
 
-    real = report_run.finish_comparison
+    real = comparison.finish_comparison
 
     def quick(run_dir, result, **kwargs):
         return real(run_dir, result, **{**kwargs, "n_boot": 20, "make_plots": False})
 
-    monkeypatch.setattr(report_run, "finish_comparison", quick)
+    monkeypatch.setattr(comparison, "finish_comparison", quick)
     monkeypatch.setattr(ablation, "finish_comparison", quick, raising=False)  # if ablation imported the name
 
 

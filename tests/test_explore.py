@@ -1,4 +1,4 @@
-"""ctxemo.explore (the notebooks' data wrangling) and ctxemo.explore_plots, on a hand-made corpus and a
+"""ctxemo.explore (the notebooks' data wrangling) and ctxemo.reports.explore_plots, on a hand-made corpus and a
 hand-made run folder whose every number is known, plus one real (tiny) ablation through `ensure_run`."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import feature_corpus, write_wav
 from matplotlib.figure import Figure
 
-from conftest import feature_corpus, write_wav
 from ctxemo import explore
-from ctxemo import explore_plots as xplots
 from ctxemo.errors import CtxemoError
-from ctxemo.report import markdown_table
+from ctxemo.reports import explore_plots as xplots
+from ctxemo.reports.tables import markdown_table
 
 LABELS = ["despair", "sadness", "pain", "guilt", "confusion", "helplessness", "resentment", "fear", "numbness",
           "anxiety", "grievance"]

@@ -5,8 +5,13 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
-from ctxemo.models.frontend import (WhisperLogMel, lengths_to_mask, normalize_waves, pad_waves,
-                                    whisper_mel_filters)
+from ctxemo.models.frontend import (
+    WhisperLogMel,
+    lengths_to_mask,
+    normalize_waves,
+    pad_waves,
+    whisper_mel_filters,
+)
 
 # Our log-mel vs transformers' (both float32, scaled (log10 + 4) / 4): measured ~2e-6 for 80 bins,
 # ~2e-5 for 128 bins (narrower filters, larger relative rounding); we promise 1e-4 absolute.

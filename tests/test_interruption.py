@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import feature_corpus
 from safetensors.numpy import load_file
 
-import ctxemo.embed as embed
+import ctxemo.embedding.cache as embed
 from ctxemo.cli import main
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus
-from ctxemo.models.encoders import SegmentEncoder
-from conftest import feature_corpus
+from ctxemo.models.segment_encoder import SegmentEncoder
 
 SHARD_ROWS = 8  # small shards so the tiny embed corpus spans several
 
@@ -39,8 +39,8 @@ DRIVER = textwrap.dedent('''
     when, n, pattern = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     marker, shard_rows = Path(sys.argv[4]), int(sys.argv[5])
     if sys.argv[6] == "embed":  # (importing the encoder stack costs seconds; cv on features never needs it)
-        import ctxemo.embed
-        ctxemo.embed.embed_manifest = functools.partial(ctxemo.embed.embed_manifest, shard_rows=shard_rows)
+        import ctxemo.embedding.cache
+        ctxemo.embedding.cache.embed_manifest = functools.partial(ctxemo.embedding.cache.embed_manifest, shard_rows=shard_rows)
     real_replace, seen = os.replace, [0]
 
     def pause():

@@ -4,12 +4,12 @@ from contextlib import nullcontext
 
 import numpy as np
 import pytest
+from bundle_helpers import call_arrays, random_bundle, tiny_config
 
-from ctxemo.bundle import load_bundle
 from ctxemo.data.audio import resample
 from ctxemo.errors import AudioError, ConfigError
-from ctxemo.live import LiveSession
-from bundle_helpers import call_arrays, random_bundle, tiny_config
+from ctxemo.inference.bundle import load_bundle
+from ctxemo.inference.live import LiveSession
 
 SR = 16000
 

@@ -1,4 +1,4 @@
-"""Tests for ctxemo.losses: focal reduces to (weighted) BCE / CE, balanced weights, stability."""
+"""Tests for ctxemo.training.losses: focal reduces to (weighted) BCE / CE, balanced weights, stability."""
 import doctest
 import math
 
@@ -7,9 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ctxemo.losses as losses
+import ctxemo.training.losses as losses
 from ctxemo.errors import ConfigError
-from ctxemo.losses import FocalLoss, build_loss, class_balanced_weights, prior_bias
+from ctxemo.training.losses import (
+    FocalLoss,
+    build_loss,
+    class_balanced_weights,
+    prior_bias,
+)
 
 
 def test_docstring_examples_run():

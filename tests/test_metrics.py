@@ -1,4 +1,4 @@
-"""Tests for ctxemo.metrics: agreement with scikit-learn, threshold tuning, fold summaries, paired tests."""
+"""Tests for ctxemo.evaluation.metrics: agreement with scikit-learn, threshold tuning, fold summaries, paired tests."""
 import json
 import math
 import warnings
@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from ctxemo.metrics import (
+from ctxemo.evaluation.metrics import (
     binary_metrics,
     fine_metrics,
     flatten_metrics,

@@ -8,13 +8,17 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-
-import ctxemo.predict as predict
-from ctxemo.bundle import load_bundle
-from ctxemo.cli import main
-from ctxemo.data.synthetic import write_call_recordings
-from ctxemo.predict import predict_inputs, predict_manifest, predict_recordings
 from bundle_helpers import random_bundle, small_corpus, tiny_config
+
+import ctxemo.inference.predict as predict
+from ctxemo.cli import main
+from ctxemo.data.synthetic_voice import write_call_recordings
+from ctxemo.inference.bundle import load_bundle
+from ctxemo.inference.predict import (
+    predict_inputs,
+    predict_manifest,
+    predict_recordings,
+)
 
 SR = 16000
 TOLERANCE_SEC = 0.15  # segment boundaries vs true turn boundaries: 95% within this, all within 0.25 s

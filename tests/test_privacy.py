@@ -10,10 +10,10 @@ import socket
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import feature_corpus
 
 from ctxemo.cli import main
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus
-from conftest import feature_corpus
 
 MARKER = "TRANSCRIPT-MARKER-4f1c 我不想活了 (segment {i})"
 MARKER_STEM = "TRANSCRIPT-MARKER-4f1c"
@@ -123,7 +123,7 @@ def test_cv_runs_offline_and_keeps_transcripts_out(tmp_path, no_network, capsys)
 
 
 def test_predict_runs_offline_and_keeps_transcripts_and_audio_out(tmp_path, small_corpus, no_network, capsys):
-    pytest.importorskip("ctxemo.predict")
+    pytest.importorskip("ctxemo.inference.predict")
     from test_bundle import random_bundle, tiny_config
 
     bundle = random_bundle(tmp_path / "bundle", tiny_config(tmp_path))

@@ -1,4 +1,4 @@
-"""Tests for ctxemo.report_run and ctxemo.plots on hand-made run folders (no training): pooled metrics
+"""Tests for ctxemo.reports.run_folder and ctxemo.reports.plots on hand-made run folders (no training): pooled metrics
 agree with scikit-learn and with metrics.fine_metrics, the caller-level bootstrap, folder detection."""
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import pytest
 from omegaconf import OmegaConf
 from sklearn import metrics as skm
 
-from ctxemo import report_run
 from ctxemo.config import load_config
 from ctxemo.errors import CtxemoError
-from ctxemo.experiment import evaluate
+from ctxemo.evaluation.evaluate import evaluate
+from ctxemo.evaluation.metrics import decision_f1, fine_metrics
+from ctxemo.evaluation.scoring import SegmentScores
 from ctxemo.io import write_json
-from ctxemo.metrics import fine_metrics
-from ctxemo.report import write_predictions
-from ctxemo.scoring import SegmentScores
+from ctxemo.reports import comparison
+from ctxemo.reports import run_folder as report_run
+from ctxemo.reports.tables import write_predictions
 from ctxemo.taxonomy import Taxonomy
 
 LABELS = ["despair", "sadness", "fear"]
@@ -105,12 +106,12 @@ def test_pooled_f1_agrees_with_sklearn():
     rng = np.random.default_rng(0)
     y = (rng.random((80, 4)) < [0.3, 0.2, 0.05, 0.0]).astype(int)
     pred = (rng.random((80, 4)) < 0.25).astype(int)
-    assert report_run.weighted_f1(y, pred) == pytest.approx(skm.f1_score(y, pred, average="weighted", zero_division=0))
-    assert report_run.binary_f1(y[:, 0], pred[:, 0]) == pytest.approx(skm.f1_score(y[:, 0], pred[:, 0]))
-    assert report_run.binary_f1(np.zeros(5), np.zeros(5)) == 0.0
+    assert decision_f1(y, pred, average="weighted") == pytest.approx(skm.f1_score(y, pred, average="weighted", zero_division=0))
+    assert decision_f1(y[:, 0], pred[:, 0]) == pytest.approx(skm.f1_score(y[:, 0], pred[:, 0]))
+    assert decision_f1(np.zeros(5), np.zeros(5)) == 0.0
     gold_idx, pred_idx = rng.integers(0, 4, 80), rng.integers(0, 4, 80)
     eye = np.eye(4, dtype=int)
-    assert report_run.weighted_f1(eye[gold_idx], eye[pred_idx]) == pytest.approx(
+    assert decision_f1(eye[gold_idx], eye[pred_idx], average="weighted") == pytest.approx(
         skm.f1_score(gold_idx, pred_idx, average="weighted", labels=range(4), zero_division=0))
 
 
@@ -131,8 +132,8 @@ def test_pooled_predictions_reproduce_fold_metrics(ablation_dir, corpus):
     for k in range(3):
         metrics = json.loads((arm / f"fold{k}" / "metrics.json").read_text())
         one = report_run.load_predictions(arm, folds=[k])
-        assert report_run.weighted_f1(one.gold_fine, one.pred_fine) == pytest.approx(metrics["fine"]["weighted_f1"])
-        assert report_run.binary_f1(one.negative, one.pred_negative) == pytest.approx(metrics["binary"]["f1"])
+        assert decision_f1(one.gold_fine, one.pred_fine, average="weighted") == pytest.approx(metrics["fine"]["weighted_f1"])
+        assert decision_f1(one.negative, one.pred_negative) == pytest.approx(metrics["binary"]["f1"])
         for pair in metrics["fine"]["confused_pairs"]:  # 3 labels: at most 6 pairs, all stored
             counts[LABELS.index(pair["true"]), LABELS.index(pair["pred"])] += pair["count"]
     expected = report_run.pair_counts(pooled)
@@ -175,12 +176,12 @@ def test_bootstrap_groups_by_call_without_caller_ids(ablation_dir, tmp_path):
 
 
 def test_regenerate_ablation_writes_tables_bootstrap_and_plots(ablation_dir):
-    text = report_run.regenerate(ablation_dir, n_boot=100)
+    text = comparison.regenerate(ablation_dir, n_boot=100)
     assert "p_boot=" in text and "p=" in text
     summary = json.loads((ablation_dir / "summary.json").read_text())
     assert summary["reference"] == "ref" and set(summary["bootstrap"]["arms"]) == {"better", "same"}
     markdown = (ablation_dir / "summary.md").read_text()
-    report_run.regenerate(ablation_dir, n_boot=100)  # idempotent: one bootstrap section, not two
+    comparison.regenerate(ablation_dir, n_boot=100)  # idempotent: one bootstrap section, not two
     assert (ablation_dir / "summary.md").read_text() == markdown
     assert markdown.count(report_run.BOOTSTRAP_HEADING) == 1
     for png in ("per_label_f1.png", "confused_pairs.png", "per_call_ref_vs_better.png", "per_call_ref_vs_same.png"):
@@ -195,7 +196,7 @@ def test_regenerate_ablation_writes_tables_bootstrap_and_plots(ablation_dir):
 
 def test_regenerate_compares_only_folds_every_arm_finished(ablation_dir):
     (ablation_dir / "better" / "fold2" / "metrics.json").unlink()
-    text = report_run.regenerate(ablation_dir, n_boot=50)
+    text = comparison.regenerate(ablation_dir, n_boot=50)
     assert "folds [0, 1]" in text
     summary = json.loads((ablation_dir / "summary.json").read_text())
     assert all(len(s["binary_f1"]["folds"]) == 2 for s in summary["arms"].values())
@@ -206,7 +207,7 @@ def test_per_call_errors():
     ref = SimpleNamespace(call_id=np.array(["a", "a", "b"], dtype=object), p_negative=np.array([0.2, 0.6, 0.5]),
                           negative=np.array([0, 1, 1]))
     arm = SimpleNamespace(call_id=ref.call_id, p_negative=np.array([0.0, 1.0, 0.9]), negative=ref.negative)
-    x, y, share = report_run.per_call_errors(ref, arm)
+    x, y, share = comparison.per_call_errors(ref, arm)
     np.testing.assert_allclose(x, [0.3, 0.5])
     np.testing.assert_allclose(y, [0.0, 0.1], atol=1e-12)
     np.testing.assert_allclose(share, [0.5, 1.0])

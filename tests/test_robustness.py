@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-import ctxemo.models.encoders as encoders
-from ctxemo.cli import main
 from conftest import feature_corpus
+
+import ctxemo.models.segment_encoder as encoders
+from ctxemo.cli import main
 
 SR = 16000
 MANIFEST_HEADER = "call_id,segment_index,audio,caller_id,role,negative,labels"
@@ -355,7 +355,7 @@ def test_single_segment_call_and_labels_without_positives_run_through(capsys, tm
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A bundle around an untrained model with a tiny random-init wav2vec2 encoder (see test_bundle)."""
-    pytest.importorskip("ctxemo.predict")
+    pytest.importorskip("ctxemo.inference.predict")
     from test_bundle import random_bundle, tiny_config
 
     root = tmp_path_factory.mktemp("robust-bundle")
@@ -408,7 +408,7 @@ def test_predict_names_a_bad_manifest_or_recording(capsys, audio_root, bundle):
 
 
 def test_predict_missing_bundle_is_named(capsys, tmp_path, audio_root):
-    pytest.importorskip("ctxemo.predict")
+    pytest.importorskip("ctxemo.inference.predict")
     err = fails(capsys, "predict", tmp_path / "no-bundle", audio_root / "a.wav", "--out", tmp_path / "p")
     assert f"model bundle not found: {tmp_path / 'no-bundle'}" in err
 
@@ -437,11 +437,12 @@ def test_pickled_payload_in_a_checkpoint_is_refused(capsys, tmp_path):
 
 
 def test_pickled_payload_in_a_bundle_is_refused(capsys, tmp_path, audio_root):
-    pytest.importorskip("ctxemo.bundle")
+    pytest.importorskip("ctxemo.inference.bundle")
     import shutil
 
-    from ctxemo.bundle import META_FILE, WEIGHTS_FILE, _sha256
     from test_bundle import random_bundle, tiny_config
+
+    from ctxemo.inference.bundle import META_FILE, WEIGHTS_FILE, _sha256
 
     evidence = tmp_path / "payload-ran"
     original = random_bundle(tmp_path / "bundle", tiny_config(tmp_path))

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ctxemo.data.synthetic import CorpusSpec, generate_corpus, write_call_recordings
-from ctxemo.segmenter import SegmenterConfig, close_gaps, frame_energy_db, hysteresis, runs, segment_recording
+from ctxemo.data.segmenter import (
+    SegmenterConfig,
+    close_gaps,
+    frame_energy_db,
+    hysteresis,
+    runs,
+    segment_recording,
+)
+from ctxemo.data.synthetic import CorpusSpec, generate_corpus
+from ctxemo.data.synthetic_voice import write_call_recordings
 
 SR = 16000
 

@@ -4,7 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from ctxemo.data.splits import caller_folds, fold_prevalence, inner_split, load_folds, save_folds
+from ctxemo.data.splits import (
+    caller_folds,
+    fold_prevalence,
+    inner_split,
+    load_folds,
+    save_folds,
+)
 from ctxemo.errors import ManifestError
 
 NAMES = ["negative", "sadness", "anxiety", "rare"]

@@ -20,9 +20,14 @@ from sklearn.preprocessing import StandardScaler
 from ctxemo.config import DEFAULT_LABELS
 from ctxemo.data import synthetic
 from ctxemo.data.synthetic import (
-    ACOUSTIC_DIMS, MANIFEST_COLUMNS, CorpusParams, CorpusSpec, generate_corpus, sample_corpus_params,
-    write_call_recordings,
+    ACOUSTIC_DIMS,
+    MANIFEST_COLUMNS,
+    CorpusParams,
+    CorpusSpec,
+    generate_corpus,
+    sample_corpus_params,
 )
+from ctxemo.data.synthetic_voice import write_call_recordings
 from ctxemo.errors import ManifestError
 
 TINY = dict(n_calls=3, min_turns=4, max_turns=6)  # a corpus with real audio, small enough for a unit test

@@ -2,17 +2,18 @@
 import numpy as np
 import pytest
 import torch
-
-import ctxemo.train as train_module
 from conftest import dies_on_call
+
+import ctxemo.training.loop as train_module
 from ctxemo.data.datasets import build_call_items
 from ctxemo.data.features import load_features
 from ctxemo.data.manifest import load_manifest
-from ctxemo.models.model import build_call_model, feature_stats
-from ctxemo.objective import build_objective
-from ctxemo.scoring import score_items
+from ctxemo.evaluation.metrics import average_precision
+from ctxemo.evaluation.scoring import score_items
+from ctxemo.models.call_model import build_call_model, feature_stats
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.train import _average_precision, fit
+from ctxemo.training.loop import fit
+from ctxemo.training.objective import build_objective
 
 
 def _setup(cfg, rows_train=slice(0, 12), rows_val=slice(12, 16)):
@@ -87,8 +88,8 @@ def test_fast_average_precision_matches_sklearn():
     from sklearn.metrics import average_precision_score
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 2, 200), rng.random(200)
-    assert _average_precision(y, p) == pytest.approx(average_precision_score(y, p))
-    assert np.isnan(_average_precision(np.zeros(5), p[:5]))
+    assert average_precision(y, p) == pytest.approx(average_precision_score(y, p))
+    assert np.isnan(average_precision(np.zeros(5), p[:5]))
 
 
 def test_tensorboard_logs_every_epochs_metrics(features_config, load_test_config, tmp_path):
@@ -104,7 +105,7 @@ def test_tensorboard_logs_every_epochs_metrics(features_config, load_test_config
 
 
 def test_cv_writes_tensorboard_logs_per_fold_only_when_asked(features_config, load_test_config, tmp_path):
-    from ctxemo.experiment import run_cv
+    from ctxemo.studies.cv import run_cv
 
     run_cv(load_test_config(features_config, "train.epochs=1", "cv.folds=2", "train.tensorboard=true"),
            tmp_path / "on", progress=False)

@@ -1,0 +1,1 @@
+"""Stage 1, data: the manifest contract, audio reading, precomputed features, caller-grouped splits, call items and windows, the whole-call segmenter, seed-export import and the synthetic corpus. Imports nothing but the core modules."""

@@ -10,8 +10,17 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
-from ctxemo.data.manifest import Manifest
-from ctxemo.models.model import CallInputs
+from ctxemo.data.manifest import ROLE_IDS, Manifest
+
+
+class CallInputs(NamedTuple):
+    """What the context stage sees of a batch of calls (padded to the longest call)."""
+
+    feats: torch.Tensor  # [b, s, d] float
+    seg_mask: torch.Tensor  # [b, s] bool, True = real segment
+    role: torch.Tensor  # [b, s] long, 0 = caller, 1 = operator
+    position: torch.Tensor  # [b, s] long, index of the segment in its call
+    time_feats: torch.Tensor  # [b, s, 2] float: log1p(gap since previous segment s), log1p(duration s)
 
 
 @dataclass
@@ -44,13 +53,30 @@ class CallBatch(NamedTuple):
     rows: torch.Tensor  # [b, s] long, -1 for padding
 
 
-def _time_features(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
-    """[s, 2]: log1p(gap since the previous segment), log1p(duration); 0 where start/end are unknown."""
-    start, end = manifest.start_sec[rows], manifest.end_sec[rows]
-    duration = np.nan_to_num(end - start, nan=0.0).clip(min=0)
-    gap = np.zeros(len(rows))
-    gap[1:] = np.nan_to_num(start[1:] - end[:-1], nan=0.0).clip(min=0)
+def time_features(start_sec: np.ndarray, end_sec: np.ndarray, *, previous_end: Optional[float] = None) -> np.ndarray:
+    """[s, 2]: log1p(gap since the previous segment), log1p(duration); 0 where start/end are unknown.
+
+    The one timing rule of training, bundles and live scoring. `previous_end` is the end of the segment
+    before the first one (live scoring pushes one segment at a time).
+
+    >>> print(time_features(np.array([0.0, 3.0]), np.array([2.0, 4.0])).round(3))
+    [[0.    1.099]
+     [0.693 0.693]]
+    """
+    start_sec, end_sec = np.asarray(start_sec, float), np.asarray(end_sec, float)
+    duration = np.nan_to_num(end_sec - start_sec, nan=0.0).clip(min=0)
+    previous = np.concatenate([[np.nan if previous_end is None else previous_end], end_sec[:-1]])
+    gap = np.nan_to_num(start_sec - previous, nan=0.0).clip(min=0)
     return np.log1p(np.stack([gap, duration], axis=1)).astype(np.float32)
+
+
+def call_inputs(feats: np.ndarray, *, roles: Sequence[str], positions: np.ndarray, time_feats: np.ndarray,
+                device: torch.device | str = "cpu") -> CallInputs:
+    """CallInputs of one call (b = 1) from its in-context segments (bundles and live scoring)."""
+    to = lambda a: torch.as_tensor(np.ascontiguousarray(a))[None].to(device)  # noqa: E731
+    return CallInputs(feats=to(np.asarray(feats, np.float32)), seg_mask=to(np.ones(len(roles), bool)),
+                      role=to(np.array([ROLE_IDS[r] for r in roles], np.int64)),
+                      position=to(np.asarray(positions, np.int64)), time_feats=to(np.asarray(time_feats, np.float32)))
 
 
 def _take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -83,8 +109,8 @@ def build_call_items(manifest: Manifest, feats: np.ndarray, *, rows: Optional[np
         items.append(CallItem(
             call_id=manifest.call_id[call_rows[0]], rows=call_rows,
             feats=_take_rows(feats, call_rows).astype(np.float32, copy=False),
-            role=(~is_caller[call_rows]).astype(np.int64),
-            time_feats=_time_features(manifest, call_rows),
+            role=np.array([ROLE_IDS[manifest.role[r]] for r in call_rows], np.int64),
+            time_feats=time_features(manifest.start_sec[call_rows], manifest.end_sec[call_rows]),
             negative=manifest.negative[call_rows].astype(np.float32),
             fine=manifest.fine[call_rows], scored=is_caller[call_rows],
         ))
@@ -143,3 +169,4 @@ def iterate_batches(items: Sequence[CallItem], *, batch_calls: int, shuffle: boo
     """Batches of whole calls; shuffled with the given generator so runs are reproducible."""
     for calls in batch_indices(len(items), batch_calls=batch_calls, shuffle=shuffle, generator=generator):
         yield collate([items[i] for i in calls], device)
+

@@ -1,4 +1,4 @@
-"""Precomputed segment features: a float32 `.npy` [N, D], row i = manifest row i (DESIGN.md)."""
+"""Precomputed segment features: a float32 `.npy` [N, D], row i = manifest row i (docs/design.md)."""
 from __future__ import annotations
 
 from pathlib import Path

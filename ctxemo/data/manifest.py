@@ -1,4 +1,4 @@
-"""The data contract (DESIGN.md): a CSV or JSONL manifest, one row per speech segment of a call.
+"""The data contract (docs/design.md): a CSV or JSONL manifest, one row per speech segment of a call.
 
 `load_manifest` validates every row and fails with the file, line and column at fault, before any
 training starts: a typo in a hand-edited label sheet must not surface hours later.
@@ -10,7 +10,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,10 +19,16 @@ from ctxemo.io import atomic_path
 from ctxemo.taxonomy import Taxonomy
 
 ROLES = ("caller", "operator")
+ROLE_IDS = {"caller": 0, "operator": 1}  # the role ids the context stage embeds
 _ROLE_ALIASES = {"caller": "caller", "operator": "operator", "1": "caller", "0": "operator",
                  "client": "caller", "counselor": "operator", "counsellor": "operator"}
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no", ""}
+
+
+def optional_sec(value: float) -> Optional[float]:
+    """A manifest time as a float, or None where it is unknown (NaN)."""
+    return None if value is None or np.isnan(value) else float(value)
 
 
 @dataclass
@@ -61,6 +67,10 @@ class Manifest:
     def is_caller(self) -> np.ndarray:
         """bool [n]: segments that are scored (caller turns); operator turns are context only."""
         return np.array([r == "caller" for r in self.role], dtype=bool)
+
+    def crop(self, row: int) -> Tuple[Optional[float], Optional[float]]:
+        """(start_sec, end_sec) of a row inside its audio file; None where the manifest gives none."""
+        return optional_sec(self.start_sec[row]), optional_sec(self.end_sec[row])
 
     def calls(self) -> List[np.ndarray]:
         """Row indices of each call, ordered by segment_index; calls in order of first appearance."""

@@ -11,8 +11,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ctxemo.io import write_json
+from ctxemo.data.datasets import CallItem
+from ctxemo.data.manifest import Manifest
 from ctxemo.errors import ManifestError
+from ctxemo.io import write_json
 
 FOLDS_FORMAT_VERSION = 1
 
@@ -240,3 +242,35 @@ def load_folds(path: Union[str, Path], groups: Sequence[str]) -> List[np.ndarray
         )
     fold_of_row = np.array([fold_of[c] for c in caller_ids], dtype=int)
     return [np.flatnonzero(fold_of_row == i) for i in range(len(fold_callers))]
+
+
+def make_folds(manifest: Manifest, *, n_folds: int, seed: int) -> List[np.ndarray]:
+    """Test rows per fold (all rows of the fold's callers), stratified on caller segments' labels."""
+    caller_rows = np.flatnonzero(manifest.is_caller)
+    groups = [manifest.caller_id[r] for r in caller_rows]
+    folds = caller_folds(groups, manifest.label_matrix()[caller_rows], n_folds=n_folds, seed=seed)
+    return [rows_of_callers(manifest, {groups[i] for i in fold}) for fold in folds]
+
+
+def rows_of_callers(manifest: Manifest, callers: set) -> np.ndarray:
+    return np.array([i for i, c in enumerate(manifest.caller_id) if c in callers], dtype=np.int64)
+
+
+def fold_callers(manifest: Manifest, folds: Sequence[np.ndarray]) -> List[List[str]]:
+    return [sorted({manifest.caller_id[r] for r in fold}) for fold in folds]
+
+
+def split_inner(manifest: Manifest, train_rows: np.ndarray, *, val_fraction: float, seed: int):
+    """Caller-disjoint (fit rows, validation rows) inside the training callers."""
+    caller_rows = train_rows[manifest.is_caller[train_rows]]
+    groups = np.array(manifest.caller_id, dtype=object)
+    fit_rows, val_rows = inner_split(caller_rows, list(groups), manifest.label_matrix(), val_fraction=val_fraction,
+                                     seed=seed)
+    fit_callers = {groups[r] for r in fit_rows}
+    val_callers = {groups[r] for r in val_rows}
+    assert not fit_callers & val_callers, "inner split leaked a caller"
+    return rows_of_callers(manifest, fit_callers), rows_of_callers(manifest, val_callers)
+
+
+def callers_of(manifest: Manifest, calls: Sequence[CallItem]) -> set:
+    return {manifest.caller_id[it.rows[0]] for it in calls}

@@ -18,10 +18,14 @@ from tqdm import tqdm
 
 from ctxemo import __version__
 from ctxemo.config import DEFAULT_LABELS
-from ctxemo.io import write_json
 from ctxemo.data.synthetic_voice import (  # noqa: F401  (write_call_recordings is part of this API)
-    ChannelParams, VoiceParams, write_csv_atomic, synthesize_segment, write_call_recordings,
+    ChannelParams,
+    VoiceParams,
+    synthesize_segment,
+    write_call_recordings,
+    write_csv_atomic,
 )
+from ctxemo.io import write_json
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("call_id", "segment_index", "audio", "caller_id", "role", "duration_sec", "negative", "labels")
@@ -418,7 +422,8 @@ def generate_corpus(
         Path of manifest.csv.
 
     Example:
-        >>> manifest = generate_corpus(tmp_path, n_calls=2, seed=0)  # doctest: +SKIP
+        >>> import tempfile
+        >>> manifest = generate_corpus(tempfile.mkdtemp(), n_calls=2, seed=0, progress=False)
         >>> manifest.name
         'manifest.csv'
     """

@@ -1,0 +1,1 @@
+"""Stage 2, models: the speech front-end and backbones, the segment encoder (upstream -> layer featurizer -> pooling, with LoRA), the context stage, the heads and the call model. Tensors in, tensors out: no files, no configs beyond typed settings."""

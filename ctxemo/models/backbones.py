@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import transformers
 from torch import nn
 
+from ctxemo.config import ENCODER_FAMILIES
 from ctxemo.errors import ConfigError
 
 EXPECTED_SAMPLE_RATE = 16000  # every supported family was pre-trained on 16 kHz audio
@@ -50,6 +51,9 @@ def _families() -> Dict[str, Family]:
 
 
 FAMILIES = _families()
+# The config's closed set of families (ctxemo.config.ENCODER_FAMILIES) is this table's keys, in order.
+if tuple(FAMILIES) != ENCODER_FAMILIES:  # pragma: no cover - a new family must be added in both places
+    raise ImportError(f"models.backbones.FAMILIES {tuple(FAMILIES)} != config.ENCODER_FAMILIES {ENCODER_FAMILIES}")
 
 _TINY_SSL = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-CONTEXT_KINDS = ("identity", "call_norm", "transformer")
-NUM_ROLES = 2  # 0 = caller, 1 = operator
+from ctxemo.config import CONTEXT_KINDS
+
+NUM_ROLES = 2  # role ids: 0 = caller, 1 = operator (ctxemo.data.manifest.ROLE_IDS)
 
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:

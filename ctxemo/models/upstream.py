@@ -15,7 +15,13 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from ctxemo.errors import ConfigError
 from ctxemo.models.backbones import EXPECTED_SAMPLE_RATE
-from ctxemo.models.frontend import WHISPER_HOP, WhisperLogMel, lengths_to_mask, normalize_waves
+from ctxemo.models.frontend import (
+    WHISPER_HOP,
+    WhisperLogMel,
+    lengths_to_mask,
+    normalize_waves,
+)
+
 
 class MaskedGroupNorm(nn.GroupNorm):
     """GroupNorm over time whose statistics skip padded frames.

@@ -7,32 +7,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ctxemo import distributed
 from ctxemo.data.datasets import CallBatch, CallItem, batch_indices, collate
+from ctxemo.device import autocast, resolve_device  # noqa: F401  (resolve_device: used by callers of fit)
 from ctxemo.errors import CtxemoError
+from ctxemo.evaluation.metrics import average_precision
+from ctxemo.evaluation.scoring import SegmentScores, score_items
 from ctxemo.io import atomic_path
-from ctxemo.models.model import CallModel
-from ctxemo.objective import Objective
-from ctxemo.scoring import SegmentScores, score_items
+from ctxemo.models.call_model import CallModel
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training import distributed
+from ctxemo.training.objective import Objective
 
 # Metrics where larger is better; "loss" is the one exception.
 LOWER_IS_BETTER = {"loss"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CtxemoError("config key 'train.device' = 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def validation_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, loss: float) -> Dict[str, float]:
@@ -41,24 +35,13 @@ def validation_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, loss: float
     `score` = mean of binary average precision and fine macro average precision: threshold-free
     (thresholds are tuned only after training) and cheap enough to run every epoch.
     """
-    out = {"loss": loss, "binary_ap": _average_precision(scores.negative, scores.p_negative)}
-    fine_ap = [_average_precision(scores.fine[:, j], scores.p_fine[:, j]) for j in range(scores.fine.shape[1])]
+    out = {"loss": loss, "binary_ap": average_precision(scores.negative, scores.p_negative)}
+    fine_ap = [average_precision(scores.fine[:, j], scores.p_fine[:, j]) for j in range(scores.fine.shape[1])]
     out["fine_macro_ap"] = float(np.nanmean(fine_ap)) if np.isfinite(fine_ap).any() else float("nan")
     parts = [v for v in (out["binary_ap"], out["fine_macro_ap"]) if np.isfinite(v)]
     # A validation split with no positives at all has no AP: score 0 rather than NaN (never "better").
     out["score"] = float(np.mean(parts)) if parts else 0.0
     return out
-
-
-def _average_precision(y: np.ndarray, p: np.ndarray) -> float:
-    """Average precision (area under the step PR curve); NaN when there is no positive."""
-    y = np.asarray(y) > 0
-    if not y.any():
-        return float("nan")
-    order = np.argsort(-np.asarray(p), kind="stable")
-    hits = y[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
@@ -163,14 +146,14 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
     """Train `model`; keep the state that scored best on the inner validation calls.
 
     Two-stage mode (the defaults): `model` is a CallModel, a training unit is a whole call of
-    `train_items`. End-to-end mode (ctxemo.end_to_end) passes the three hooks instead.
+    `train_items`. End-to-end mode (ctxemo.training.end_to_end) passes the three hooks instead.
 
     Args:
         train_items / val_items: calls of the training callers, split by caller (never the test fold).
         cfg_train: a TrainConfig node.
         seed: seeds batch order and dropout; same seed + data -> identical result on CPU.
         checkpoint_path: written atomically after every epoch; with `resume`, training continues from it.
-            Under torchrun (ctxemo.distributed) each rank trains on its share of every batch; rank 0 writes.
+            Under torchrun (ctxemo.training.distributed) each rank trains on its share of every batch; rank 0 writes.
         epoch_items: the training units of one epoch, drawn with the batch-order generator (default:
             `train_items`); their number must not change between epochs (it fixes the LR schedule).
         make_batch: units -> CallBatch whose `.inputs` the model takes (default: `collate`).
@@ -284,6 +267,11 @@ def _step(model, optimizer, scheduler, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower here and changes results)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+# A trained fold's model as a function: calls -> SegmentScores of their caller segments.
+Scorer = Callable[[Sequence[CallItem]], SegmentScores]
+
+
+class TrainedModel(NamedTuple):
+    result: TrainResult
+    score: Scorer
+    model: torch.nn.Module  # CallModel (two-stage) or EndToEndModel

@@ -9,28 +9,24 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ctxemo import plots
 from ctxemo.errors import CtxemoError
-from ctxemo.experiment import HEADLINE, headline
-from ctxemo.io import read_json, write_json, write_text
-from ctxemo.metrics import paired_bootstrap, summarize_folds
-from ctxemo.report import markdown_table, print_comparison, write_csv, write_summary_tables
+from ctxemo.evaluation.evaluate import headline
+from ctxemo.evaluation.metrics import decision_f1, paired_bootstrap, summarize_folds
+from ctxemo.io import read_json
+from ctxemo.reports.tables import format_p, markdown_table
 
 FOLD_DIR = re.compile(r"^fold(\d+)$")
 BOOTSTRAP_METRICS = ("binary_f1", "fine_weighted_f1")
 N_BOOT = 1000
 TOP_PAIRS = 10
 BOOTSTRAP_HEADING = "## Caller-level paired bootstrap"
-
-
-def _p(value: Optional[float]) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
 # ----------------------------------------------------------------------------- run folder layout
@@ -202,25 +198,6 @@ def caller_groups(pooled: Pooled, arm_dir: Path) -> Tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- metrics on pooled rows
 
-def binary_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """F1 of the negative class from 0/1 decisions (same value as sklearn's, zero_division=0)."""
-    y, pred = np.asarray(y) > 0, np.asarray(pred) > 0
-    tp = np.sum(y & pred)
-    denom = 2 * tp + np.sum(~y & pred) + np.sum(y & ~pred)
-    return float(2 * tp / denom) if denom else 0.0
-
-
-def weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Support-weighted mean of per-label F1 from [n, c] 0/1 gold and decisions (sklearn 'weighted',
-    zero_division=0; for one-hot rows this is the multi-class weighted F1)."""
-    y, pred = np.asarray(y) > 0, np.asarray(pred) > 0
-    tp = np.sum(y & pred, axis=0)
-    denom = 2 * tp + np.sum(~y & pred, axis=0) + np.sum(y & ~pred, axis=0)
-    f1 = np.divide(2 * tp, denom, out=np.zeros(len(tp), dtype=float), where=denom > 0)
-    support = np.sum(y, axis=0)
-    return float(np.sum(f1 * support) / support.sum()) if support.sum() else 0.0
-
-
 def pair_counts(pooled: Pooled) -> np.ndarray:
     """[c, c] (gold, predicted) confusion counts, as metrics.fine_metrics defines its confused pairs."""
     keep = pooled.fine_rows()
@@ -249,11 +226,11 @@ def bootstrap_arm(ref: Pooled, arm: Pooled, groups: np.ndarray, *, n_boot: int =
         {metric: metrics.paired_bootstrap's dict + n_rows}.
     """
     out = {"binary_f1": paired_bootstrap(ref.negative, ref.pred_negative, arm.pred_negative, groups,
-                                         metric_fn=binary_f1, n_boot=n_boot, seed=seed)}
+                                         metric_fn=decision_f1, n_boot=n_boot, seed=seed)}
     out["binary_f1"]["n_rows"] = int(len(groups))
     keep = ref.fine_rows()
     out["fine_weighted_f1"] = paired_bootstrap(ref.gold_fine[keep], ref.pred_fine[keep], arm.pred_fine[keep],
-                                               np.asarray(groups)[keep], metric_fn=weighted_f1, n_boot=n_boot,
+                                               np.asarray(groups)[keep], metric_fn=partial(decision_f1, average="weighted"), n_boot=n_boot,
                                                seed=seed)
     out["fine_weighted_f1"]["n_rows"] = int(keep.sum())
     return out
@@ -300,7 +277,7 @@ def bootstrap_markdown(boot: Dict) -> str:
         for name in boot["metrics"]:
             t = tests[name]
             row.append(f"{100 * t['metric_b']:.2f} vs {100 * t['metric_a']:.2f}: Δ {100 * t['diff']:+.2f} "
-                       f"[{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}], p={_p(t['p'])}")
+                       f"[{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}], p={format_p(t['p'])}")
         rows.append(row)
     note = (f"{BOOTSTRAP_HEADING} (pooled out-of-fold predictions)\n\n"
             f"Each metric on all test segments of all folds pooled, arm vs `{boot['reference']}`, in %; Δ with "
@@ -314,128 +291,13 @@ def bootstrap_text(boot: Dict) -> str:
              f"of {boot['grouped_by'] or 'callers'}):"]
     for arm, tests in boot["arms"].items():
         cells = [f"{name} Δ {100 * t['diff']:+.2f} [{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}] "
-                 f"p_boot={_p(t['p'])}" for name, t in tests.items()]
+                 f"p_boot={format_p(t['p'])}" for name, t in tests.items()]
         lines.append(f"  {arm}: " + "; ".join(cells))
     return "\n".join(lines)
 
 
-def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None] = print, n_boot: int = N_BOOT,
-                      seed: int = 0, make_plots: bool = True) -> Dict:
-    """Complete an ablation's comparison (after ablation.write_comparison): the caller-level bootstrap goes
-    into summary.json under "bootstrap", summary.md (a second table) and bootstrap.csv; then the plots.
-
-    Args:
-        result: write_comparison's return value ({"reference", "metrics", "arms", "paired"}).
-    Returns:
-        `result` with "bootstrap" added.
-    """
-    run_dir = Path(run_dir)
-    arms = list(result["arms"])
-    folds = _common_folds(run_dir, arms)
-    boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds)
-    result = dict(result, bootstrap=boot)
-    write_json(run_dir / "summary.json", result)
-    md_path = run_dir / "summary.md"
-    previous = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    previous = previous.split(BOOTSTRAP_HEADING)[0].rstrip("\n")
-    write_text(md_path, (previous + "\n\n" if previous else "") + bootstrap_markdown(boot))
-    write_csv(run_dir / "bootstrap.csv",
-              ["arm", "metric", "reference", "value_reference", "value_arm", "diff", "ci_low", "ci_high", "p",
-               "n_boot", "n_groups", "n_rows", "grouped_by"],
-              [[arm, name, boot["reference"], t["metric_a"], t["metric_b"], t["diff"], t["ci_low"], t["ci_high"],
-                t["p"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
-               for arm, tests in boot["arms"].items() for name, t in tests.items()])
-    if boot["arms"]:
-        log(bootstrap_text(boot))
-    if make_plots:
-        for path in write_plots(run_dir, {arm: run_dir / arm for arm in arms}, result["arms"],
-                                reference=result["reference"], folds=folds):
-            log(f"wrote {path}")
-    return result
-
-
-def _common_folds(run_dir: Path, arms: Sequence[str]) -> List[int]:
-    sets = [set(fold_dirs(Path(run_dir) / arm)) for arm in arms]
-    return sorted(set.intersection(*sets)) if sets else []
-
-
 # ----------------------------------------------------------------------------- plots
-
-def write_plots(run_dir: Path, arms: Dict[str, Path], summaries: Dict[str, Dict], *, reference: Optional[str],
-                folds: Optional[Sequence[int]] = None) -> List[Path]:
-    """Per-label F1 bars, confused-pair heatmaps (+ confused_pairs.md) and per-call scatters vs the reference."""
-    plot_dir = Path(run_dir) / "plots"
-    pooled = {arm: p for arm, folder in arms.items() if (p := load_predictions(folder, folds=folds)) is not None}
-    labels = next(iter(pooled.values())).labels if pooled else plots.labels_from_summary(summaries)
-    scores, support = plots.per_label_inputs(summaries, labels)
-    written = [plots.per_label_f1(plot_dir / "per_label_f1.png", scores, groups=["negative", *labels], support=support)]
-    if not pooled:
-        return written
-    counts = {arm: pair_counts(p) for arm, p in pooled.items()}
-    written.append(plots.confusion_pairs(plot_dir / "confused_pairs.png", counts, labels=labels, top=TOP_PAIRS))
-    gold_support = {arm: p.gold_fine[p.fine_rows()].sum(0) for arm, p in pooled.items()}
-    written.append(write_text(Path(run_dir) / "confused_pairs.md",
-                              plots.confused_pairs_markdown(counts, gold_support, labels=labels, top=TOP_PAIRS)))
-    for arm, p in pooled.items():
-        if reference not in pooled or arm == reference:
-            continue
-        ia, ib = align(pooled[reference], p)
-        if ia.size:
-            x, y, share = per_call_errors(pooled[reference].take(ia), p.take(ib))
-            name = f"per_call_{plots.safe_name(reference)}_vs_{plots.safe_name(arm)}.png"
-            written.append(plots.per_call_scatter(plot_dir / name, x, y, x_name=reference, y_name=arm,
-                                                  negative_share=share))
-    return written
-
-
-def per_call_errors(ref: Pooled, arm: Pooled) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per call (aligned rows): mean |p_negative - gold| of ref, of arm, and the call's negative share."""
-    calls, inverse = np.unique(ref.call_id.astype(str), return_inverse=True)
-    count = np.bincount(inverse, minlength=len(calls))
-
-    def mean(values):
-        return np.bincount(inverse, weights=values, minlength=len(calls)) / count
-
-    return (mean(np.abs(ref.p_negative - ref.negative)), mean(np.abs(arm.p_negative - arm.negative)),
-            mean(ref.negative.astype(float)))
 
 
 # ----------------------------------------------------------------------------- entry point
 
-def regenerate(run_dir: Path, *, n_boot: int = N_BOOT) -> str:
-    """Rebuild summary.json/.csv/.md, the bootstrap (ablations) and plots/ of a run folder from its fold files.
-
-    Returns:
-        The text to print: the table, the bootstrap and the files written.
-    """
-    run_dir = Path(run_dir)
-    lines: List[str] = []
-    if detect_kind(run_dir) == "cv":
-        summary = fold_summary(run_dir)
-        write_json(run_dir / "summary.json", summary)
-        write_summary_tables(run_dir, summary, metrics=HEADLINE)
-        cfg = _read_config(run_dir)
-        name = str(OmegaConf.select(cfg, "name", default=run_dir.name)) if cfg is not None else run_dir.name
-        headline_metrics = [m for m in HEADLINE if m in summary]
-        lines.append(print_comparison({name: summary}, {}, reference=name, metrics=headline_metrics))
-        written = [run_dir / f"summary.{ext}" for ext in ("json", "csv", "md")]
-        written += write_plots(run_dir, {name: run_dir}, {name: summary}, reference=None)
-        lines += [f"wrote {p}" for p in written]
-        return "\n".join(lines)
-
-    from ctxemo.ablation import write_comparison  # imported here so that ablation.py may import this module
-
-    arms = arm_dirs(run_dir)
-    for arm, folder in arms.items():  # each arm folder is a cv folder: refresh its own tables too
-        own = fold_summary(folder)
-        write_json(folder / "summary.json", own)
-        write_summary_tables(folder, own, metrics=HEADLINE)
-    folds = _common_folds(run_dir, list(arms))
-    if any(set(fold_dirs(f)) != set(folds) for f in arms.values()):
-        lines.append(f"note: comparing on folds {folds}, the finished folds common to every arm")
-    summaries = {arm: fold_summary(folder, folds) for arm, folder in arms.items()}
-    reference = _reference(run_dir, list(arms))
-    result = write_comparison(run_dir, summaries, reference=reference, log=lines.append)
-    finish_comparison(run_dir, result, log=lines.append, n_boot=n_boot)
-    lines += [f"wrote {run_dir / name}" for name in ("summary.json", "summary.csv", "summary.md", "bootstrap.csv")]
-    return "\n".join(lines)

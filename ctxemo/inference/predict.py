@@ -15,11 +15,18 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 import numpy as np
 
-from ctxemo.bundle import Bundle, load_bundle
-from ctxemo.call_summary import PredictionWriter, plot_trajectory, segment_record, skip_row, summarize_call
 from ctxemo.data.audio import audio_info, read_audio
+from ctxemo.data.manifest import optional_sec
+from ctxemo.data.segmenter import SegmenterConfig, segment_recording
 from ctxemo.errors import AudioError, CtxemoError, ManifestError
-from ctxemo.segmenter import SegmenterConfig, segment_recording
+from ctxemo.inference.bundle import Bundle, load_bundle
+from ctxemo.inference.outputs import (
+    PredictionWriter,
+    plot_trajectory,
+    segment_record,
+    skip_row,
+    summarize_call,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
@@ -153,8 +160,8 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
                 seg.feat = feats[r]
             elif bundle.in_context([role])[0]:  # operator turns the model never sees are not read
                 try:
-                    seg.wave = read_audio(manifest.audio_path(r), start_sec=None if np.isnan(start) else start,
-                                          end_sec=None if np.isnan(end) else end,
+                    crop_start, crop_end = manifest.crop(r)
+                    seg.wave = read_audio(manifest.audio_path(r), start_sec=crop_start, end_sec=crop_end,
                                           channel=int(bundle.cfg.data.channel), target_sr=sr)
                 except (AudioError, ManifestError) as exc:
                     skipped.append(skip_row(call_id, str(path), str(exc), **where))
@@ -176,12 +183,12 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
     """Per-segment records of a prepared call: the whole call at once, or pushed one by one (live)."""
     segs = call.segments
     if live:
-        from ctxemo.live import LiveSession
+        from ctxemo.inference.live import LiveSession
 
         session = LiveSession(bundle, call_id=call.call_id)
         records = []
         for s in segs:
-            times = dict(start_sec=None if np.isnan(s.start) else s.start, end_sec=None if np.isnan(s.end) else s.end)
+            times = dict(start_sec=optional_sec(s.start), end_sec=optional_sec(s.end))
             if s.wave is not None:
                 record = session.push(s.wave, sample_rate=bundle.sample_rate, role=s.role, **times)
             else:
@@ -233,7 +240,7 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
     """
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if live:
-        from ctxemo.live import check_live_capable
+        from ctxemo.inference.live import check_live_capable
 
         check_live_capable(bundle)
     paths = _expand(inputs)
@@ -364,20 +371,3 @@ def predict_manifest(bundle: Union[Bundle, str, Path], manifest: Union[str, Path
     return predict_inputs(bundle, [manifest], out_dir, **kwargs)
 
 
-def predict_command(args) -> None:
-    """`ctxemo predict BUNDLE INPUT... [--out DIR] [--live] [--channels caller,operator] [--plot] [--quiet]`."""
-    from ctxemo.train import resolve_device
-
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    bundle = load_bundle(args.bundle)
-    device = resolve_device(str(bundle.cfg.train.device))
-    if device.type != "cpu":
-        bundle = load_bundle(args.bundle, device=device)
-    summary = predict_inputs(bundle, args.inputs, args.out, channels=parse_channels(args.channels), live=args.live,
-                             plot=args.plot, features=getattr(args, "features", None), log=log)
-    kept = f", kept {len(summary.resumed)} finished earlier" if summary.resumed else ""
-    print(f"scored {len(summary.calls)} call(s), skipped {len(summary.skipped)} item(s){kept}; "
-          f"results in {summary.out_dir}")
-    if summary.errors:
-        raise CtxemoError(f"{summary.errors} input(s) failed with unexpected errors (see skipped.csv and the "
-                          "tracebacks above); the other calls were written")

@@ -6,7 +6,6 @@ last `window` embeddings are kept, so the cost of a new segment does not grow wi
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import deque
@@ -16,12 +15,12 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from ctxemo.bundle import Bundle, call_inputs, load_bundle
-from ctxemo.call_summary import segment_record, summarize_call
 from ctxemo.data.audio import resample
+from ctxemo.data.datasets import call_inputs, time_features
+from ctxemo.data.manifest import ROLES
 from ctxemo.errors import AudioError, ConfigError
-
-ROLES = ("caller", "operator")
+from ctxemo.inference.bundle import Bundle, load_bundle
+from ctxemo.inference.outputs import segment_record, summarize_call
 
 
 def check_live_capable(bundle: Bundle) -> None:
@@ -135,8 +134,7 @@ class LiveSession:
             if embedding is None:
                 raise ValueError("a segment that enters the context needs its embedding")
             # Timing exactly as offline: gap since the previous in-context segment, and duration.
-            gap = 0.0 if self._last_context_end is None else max(_finite(start - self._last_context_end), 0.0)
-            time_row = np.log1p(np.array([gap, max(_finite(end - start), 0.0)]))
+            time_row = time_features(np.array([start]), np.array([end]), previous_end=self._last_context_end)[0]
             if not self.bundle.uses_time:
                 time_row = 0.0 * time_row
             self._tokens.append((np.asarray(embedding, np.float32), role, self._positions, time_row))
@@ -166,6 +164,3 @@ class LiveSession:
         return summarize_call(self.records, call_id=self.call_id, source=source, duration_sec=self._clock,
                               n_skipped=n_skipped)
 
-
-def _finite(x: float) -> float:
-    return 0.0 if math.isnan(x) else x

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ctxemo.data.datasets import CallItem
-from ctxemo.objective import Objective, fine_loss_rows
+from ctxemo.training.objective import Objective, fine_loss_rows
 
 T = TypeVar("T")
 

@@ -33,8 +33,12 @@ from omegaconf import DictConfig
 
 from ctxemo import __version__
 from ctxemo.config import load_config, to_yaml
+from ctxemo.data.datasets import call_inputs, time_features
+from ctxemo.device import resolve_device
+from ctxemo.embedding.encode import EmbedSettings, embed_waves
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
-from ctxemo.models.model import CallInputs, CallModel, build_call_model, forward_windowed
+from ctxemo.evaluation.evaluate import Thresholds
+from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.taxonomy import Taxonomy
 
 BUNDLE_FORMAT = "ctxemo-bundle/1"
@@ -49,13 +53,6 @@ ADAPTER_DIR = "encoder_adapter"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 PROBE_SEC = 1.5
 PROBE_TOLERANCE = 1e-4  # max |probe embedding - recorded| relative to max(1, max |recorded|)
-ROLE_IDS = {"caller": 0, "operator": 1}
-
-
-@dataclass
-class Thresholds:
-    binary: float
-    fine: Optional[np.ndarray] = None  # [c]; None for a single-label taxonomy (the argmax label is chosen)
 
 
 @dataclass
@@ -82,11 +79,11 @@ def probe_signal(sample_rate: int, seconds: float = PROBE_SEC) -> np.ndarray:
 def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
     """The SegmentEncoder a bundle scores with: exactly the one that filled the embedding cache.
 
-    Without an adapter it is the frozen, seeded encoder of `ctxemo.embed` (the same builder, so
+    Without an adapter it is the frozen, seeded encoder of `ctxemo.embedding.encode` (the same builder, so
     rebuilding cannot drift from the cache); with one, the configured encoder built under the same seed
     and then loaded with the saved trainable weights.
     """
-    from ctxemo.embed import build_cache_encoder, build_seeded_encoder
+    from ctxemo.embedding.encode import build_cache_encoder, build_seeded_encoder
 
     if adapter_dir is None:
         return build_cache_encoder(cfg).eval()
@@ -95,35 +92,9 @@ def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
     return encoder.eval()
 
 
-def embed_waves(encoder, waves: Sequence[np.ndarray], *, cfg: DictConfig,
-                device: torch.device | str = "cpu") -> np.ndarray:
-    """Embed in-memory segments the way `ctxemo.embed` embeds files (same batching, padding, minimum length).
-
-    Args:
-        waves: mono float32 [t_i] arrays at cfg.data.sample_rate.
-    Returns:
-        float32 [len(waves), output_dim].
-    """
-    from ctxemo.embed import length_buckets
-    from ctxemo.models.frontend import pad_waves
-
-    sr = int(cfg.data.sample_rate)
-    min_samples = max(int(round(float(cfg.data.min_segment_sec) * sr)), 1)
-    out = np.empty((len(waves), encoder.output_dim), dtype=np.float32)
-    if not len(waves):
-        return out
-    batches = length_buckets([len(w) / sr for w in waves], batch_size=int(cfg.encoder.batch_size),
-                             max_batch_sec=float(cfg.encoder.max_batch_sec))
-    with torch.inference_mode():
-        for batch in batches:
-            padded, lens = pad_waves([waves[i] for i in batch], min_samples=min_samples)
-            out[batch] = encoder(padded.to(device), lens.to(device)).float().cpu().numpy()
-    return out
-
-
 def _encoder_description(cfg: DictConfig, encoder) -> tuple:
     """(digest, JSON-normalised description) of the encoder, as the embedding cache fingerprints it."""
-    from ctxemo.embed import encoder_fingerprint
+    from ctxemo.embedding.cache import encoder_fingerprint
 
     digest, description = encoder_fingerprint(cfg, encoder=encoder)
     return digest, json.loads(json.dumps(description, sort_keys=True, default=str))
@@ -133,7 +104,8 @@ def encoder_record(cfg: DictConfig, encoder, *, adapter: bool) -> Dict[str, Any]
     """What encoder.json holds: fingerprint, its description and the probe embedding (computed on CPU;
     the encoder is moved there)."""
     digest, description = _encoder_description(cfg, encoder if adapter else None)
-    probe = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], cfg=cfg)[0]
+    probe = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
+                        device="cpu")[0]
     return {"fingerprint": digest, "description": description, "adapter": adapter,
             "probe": {"seconds": PROBE_SEC, "embedding": [float(v) for v in probe]}}
 
@@ -159,7 +131,8 @@ def check_encoder(cfg: DictConfig, encoder, record: Dict[str, Any], *, where: Pa
         warnings.append(f"{where}: library versions differ from training ({stored.get('versions')} -> "
                         f"{description.get('versions')}); the probe embedding still matches")
     expected = np.asarray(record["probe"]["embedding"], dtype=np.float32)
-    got = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], cfg=cfg)[0]
+    got = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
+                        device="cpu")[0]
     scale = max(1.0, float(np.abs(expected).max()))
     if got.shape != expected.shape or float(np.abs(got - expected).max()) > PROBE_TOLERANCE * scale:
         diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
@@ -171,7 +144,7 @@ def check_encoder(cfg: DictConfig, encoder, record: Dict[str, Any], *, where: Pa
 def verify_rebuilt_embeddings(encoder, waves: Sequence[np.ndarray], expected: np.ndarray, *, cfg: DictConfig,
                               atol: float = 1e-5) -> float:
     """Max |rebuilt - cached| over some segments; raises CtxemoError above `atol` (used before saving)."""
-    got = embed_waves(encoder.cpu(), waves, cfg=cfg)
+    got = embed_waves(encoder.cpu(), waves, settings=EmbedSettings.from_config(cfg), device="cpu")
     diff = float(np.abs(got - np.asarray(expected, dtype=np.float32)).max()) if len(waves) else 0.0
     if diff > atol:
         raise CtxemoError(f"the encoder rebuilt from the config gives embeddings {diff:.3g} away from the cached "
@@ -237,7 +210,7 @@ class Bundle:
 
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Segment embeddings float32 [n, d_in] of mono waves at `sample_rate`."""
-        return embed_waves(self.encoder(), waves, cfg=self.cfg, device=self.device)
+        return embed_waves(self.encoder(), waves, settings=EmbedSettings.from_config(self.cfg), device=str(self.device))
 
     def in_context(self, roles: Sequence[str]) -> np.ndarray:
         """bool [n]: segments that enter the context model (callers; operators if the model used them)."""
@@ -283,23 +256,6 @@ class Bundle:
             return [labels[int(np.argmax(p_fine))]]
         over = [j for j in np.argsort(-p_fine, kind="stable") if p_fine[j] >= self.thresholds.fine[j]]
         return [labels[j] for j in over]
-
-
-def time_features(start_sec: np.ndarray, end_sec: np.ndarray) -> np.ndarray:
-    """[s, 2] log1p(gap since the previous segment), log1p(duration); 0 where unknown (as in training)."""
-    duration = np.nan_to_num(end_sec - start_sec, nan=0.0).clip(min=0)
-    gap = np.zeros(len(start_sec))
-    gap[1:] = np.nan_to_num(start_sec[1:] - end_sec[:-1], nan=0.0).clip(min=0)
-    return np.log1p(np.stack([gap, duration], axis=1)).astype(np.float32)
-
-
-def call_inputs(feats: np.ndarray, *, roles: Sequence[str], positions: np.ndarray, time_feats: np.ndarray,
-                device: torch.device | str = "cpu") -> CallInputs:
-    """CallInputs of one call (b = 1) from its in-context segments."""
-    to = lambda a: torch.as_tensor(np.ascontiguousarray(a))[None].to(device)  # noqa: E731
-    return CallInputs(feats=to(np.asarray(feats, np.float32)), seg_mask=to(np.ones(len(roles), bool)),
-                      role=to(np.array([ROLE_IDS[r] for r in roles], np.int64)),
-                      position=to(np.asarray(positions, np.int64)), time_feats=to(np.asarray(time_feats, np.float32)))
 
 
 # ----------------------------------------------------------------------------- save
@@ -414,6 +370,9 @@ def _check_files(folder: Path, meta: Dict[str, Any]) -> None:
 def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bundle:
     """Load and check a bundle (see the module docstring). The encoder is built on first use.
 
+    `device="auto"` takes the bundle's own `train.device` (CUDA when present for "auto"), read from its
+    config before any weight is loaded, so a GPU bundle is read once.
+
     Raises:
         BundleError: naming the file that is missing, modified, of another format, or unsafe.
     """
@@ -461,7 +420,7 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bu
     except RuntimeError as exc:
         raise BundleError(f"{weights}: does not fit the model described by {CONFIG_FILE}: "
                           f"{str(exc).splitlines()[0]}") from None
-    device = torch.device(device)
+    device = resolve_device(str(cfg.train.device)) if device == "auto" else torch.device(device)
     model.to(device).eval()
     encoder_info = None
     if meta.get("embedding") == "encoder":

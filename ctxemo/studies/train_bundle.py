@@ -1,5 +1,5 @@
 """`ctxemo train`: one model on all callers, ready to use: early stopping and decision thresholds on a
-caller-disjoint inner validation split, written as a model bundle (see ctxemo.bundle).
+caller-disjoint inner validation split, written as a model bundle (see ctxemo.inference.bundle).
 
 Two-stage: segment embeddings come from the cache (`ctxemo embed`), the context model trains on them.
 """
@@ -11,15 +11,21 @@ from typing import Dict
 import numpy as np
 from omegaconf import DictConfig
 
-from ctxemo.bundle import Thresholds, build_encoder, save_bundle, verify_rebuilt_embeddings
-from ctxemo.data.audio import read_audio
 from ctxemo.data.datasets import build_call_items
-from ctxemo.experiment import CorpusData, evaluate, load_corpus, split_inner, trainer
+from ctxemo.data.splits import split_inner
+from ctxemo.embedding.corpus import CorpusData, audio_specs, load_corpus
+from ctxemo.embedding.encode import EmbedSettings, as_audio_spec, read_segment
+from ctxemo.evaluation.evaluate import decision_thresholds, evaluate
+from ctxemo.inference.bundle import (
+    build_encoder,
+    save_bundle,
+    verify_rebuilt_embeddings,
+)
 from ctxemo.io import write_json
-from ctxemo.metrics import tune_binary_threshold, tune_thresholds
-from ctxemo.objective import build_objective
 from ctxemo.runinfo import start_run
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.objective import build_objective
+from ctxemo.training.trainers import trainer
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
 
@@ -49,14 +55,10 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
     end_to_end = cfg.train.mode == "end_to_end"
     # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller.
-    result, score, model = trainer(cfg)(cfg, data, items, objective=objective, fine_bias=fine_bias, fold=0,
+    result, score, model = trainer(cfg)(cfg, data, items, taxonomy=taxonomy, objective=objective, fine_bias=fine_bias, fold=0,
                                  fold_dir=run_dir, progress=progress)
     val_scores = score(items["val"])
-    if cfg.cv.tune_thresholds:
-        fine = tune_thresholds(val_scores.fine, val_scores.p_fine) if taxonomy.multilabel else None
-        thresholds = Thresholds(binary=tune_binary_threshold(val_scores.negative, val_scores.p_negative), fine=fine)
-    else:
-        thresholds = Thresholds(binary=0.5, fine=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None)
+    thresholds = decision_thresholds(val_scores, taxonomy, tune=cfg.cv.tune_thresholds)
     val_metrics = evaluate(val_scores, taxonomy=taxonomy, binary_threshold=thresholds.binary,
                            fine_thresholds=thresholds.fine)
     if not cfg.data.features and not end_to_end:
@@ -91,9 +93,8 @@ def _has_timing(data: CorpusData, rows: np.ndarray) -> bool:
 
 def _verify_encoder(cfg: DictConfig, data: CorpusData) -> None:
     """Re-embed a few cached segments with the encoder rebuilt from config + seed: they must agree."""
-    manifest = data.manifest
-    rows = np.flatnonzero(manifest.is_caller)[:VERIFY_ROWS]
-    sec = lambda v: None if np.isnan(v) else float(v)  # noqa: E731
-    waves = [read_audio(manifest.audio_path(r), start_sec=sec(manifest.start_sec[r]), end_sec=sec(manifest.end_sec[r]),
-                        channel=int(cfg.data.channel), target_sr=int(cfg.data.sample_rate)) for r in rows]
+    rows = np.flatnonzero(data.manifest.is_caller)[:VERIFY_ROWS]
+    specs = audio_specs(data.manifest)
+    settings = EmbedSettings.from_config(cfg)
+    waves = [read_segment(settings, as_audio_spec(specs[r])) for r in rows]
     verify_rebuilt_embeddings(build_encoder(cfg), waves, data.feats[rows], cfg=cfg)

@@ -42,6 +42,25 @@ def _ranking_scores(y: np.ndarray, score: np.ndarray) -> Tuple[float, float]:
     return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
 
 
+def average_precision(y: np.ndarray, p: np.ndarray) -> float:
+    """scikit-learn's average precision; NaN when there is no positive (early stopping skips it).
+
+    >>> average_precision(np.array([0, 1, 1]), np.array([0.1, 0.9, 0.8]))
+    1.0
+    """
+    y = np.asarray(y) > 0
+    if not y.any():
+        return float("nan")
+    with _quiet():
+        return float(average_precision_score(y, np.asarray(p, dtype=float)))
+
+
+def decision_f1(y: np.ndarray, pred: np.ndarray, *, average: str = "binary") -> float:
+    """scikit-learn's F1 of 0/1 decisions (zero_division=0): `binary` = the negative-emotion class of [n]
+    arrays; `weighted` = support-weighted over the columns of [n, c] indicator arrays."""
+    return float(f1_score(np.asarray(y) > 0, np.asarray(pred) > 0, average=average, zero_division=0))
+
+
 def binary_metrics(y_true: np.ndarray, p_neg: np.ndarray, *, threshold: float = 0.5) -> Dict[str, float]:
     """Negative-vs-not metrics, with negative emotion (y = 1) as the positive class.
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from ctxemo.data.datasets import CallBatch, CallItem
-from ctxemo.losses import FocalLoss, build_loss, prior_bias
-from ctxemo.models.model import SegmentLogits
+from ctxemo.models.call_model import SegmentLogits
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.losses import FocalLoss, build_loss, prior_bias
 
 
 def fine_loss_rows(negative: np.ndarray, fine: np.ndarray, *, multilabel: bool, negative_only: bool) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ctxemo.data.datasets import CallBatch, CallItem, iterate_batches
-from ctxemo.models.model import CallModel, forward_windowed
+from ctxemo.models.call_model import CallModel, forward_windowed
 
 
 @dataclass

@@ -6,19 +6,17 @@ A rerun skips finished arm-folds, so a killed ablation resumes where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 
-from ctxemo import distributed
 from ctxemo.config import load_config
+from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
-from ctxemo.experiment import HEADLINE, CorpusData, load_corpus, run_cv
-from ctxemo.io import write_json, write_text
-from ctxemo.metrics import paired_test
-from ctxemo.report import comparison_markdown, print_comparison, write_csv
-from ctxemo.report_run import finish_comparison
+from ctxemo.reports.comparison import finish_comparison, write_comparison
 from ctxemo.runinfo import start_run
+from ctxemo.studies.cv import run_cv
+from ctxemo.training import distributed
 
 
 def arms_from_config(cfg: DictConfig) -> Dict[str, List[str]]:
@@ -65,23 +63,3 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
     return finish_comparison(run_dir, result, log=log)
 
 
-def write_comparison(run_dir: Path, summaries: Dict[str, Dict], *, reference: str, log=print,
-                     metrics: Optional[List[str]] = None) -> Dict:
-    """Paired tests vs `reference` on the per-fold values; writes summary.json, summary.csv, summary.md."""
-    metrics = metrics or [m for m in HEADLINE if m in summaries[reference]]
-    paired = {
-        arm: {name: paired_test(summaries[reference][name]["folds"], summary[name]["folds"])
-              for name in summaries[reference] if name in summary}
-        for arm, summary in summaries.items() if arm != reference
-    }
-    result = {"reference": reference, "metrics": metrics, "arms": summaries, "paired": paired}
-    write_json(run_dir / "summary.json", result)
-    write_text(run_dir / "summary.md", comparison_markdown(summaries, paired, reference=reference, metrics=metrics))
-    write_csv(run_dir / "summary.csv", ["arm", "metric", "mean", "std", "mean_diff_vs_ref", "p_ttest", "p_wilcoxon"],
-              [[arm, name, s["mean"], s["std"],
-                paired.get(arm, {}).get(name, {}).get("mean_diff", ""),
-                paired.get(arm, {}).get(name, {}).get("p_ttest", ""),
-                paired.get(arm, {}).get(name, {}).get("p_wilcoxon", "")]
-               for arm, summary in summaries.items() for name, s in summary.items()])
-    log(print_comparison(summaries, paired, reference=reference, metrics=metrics))
-    return result

@@ -4,38 +4,38 @@ than the backbone's window encoded in chunks and pooled across them.
 
 Legend: b = segments, n = chunks, t = samples or frames, l = hidden layers, d = features.
 
-What trains in each `finetune` mode (`trainable_parameters()`):
-    frozen: layer weights + pooling (the backbone stays in eval mode: no dropout, no SpecAugment)
-    lora:   LoRA matrices + layer weights + pooling
-    full:   the whole backbone except its CNN front-end (and Whisper's fixed positions) + layer weights + pooling
-The CNN front-end never trains. An "adapter" (`save_adapter`) is exactly the trainable set.
+The pieces live beside it: ctxemo.models.upstream (backbone -> hidden states), .featurizer (layer mixing),
+.chunking (long segments), .pooling, .finetuning (LoRA and what trains in each `finetune` mode). This
+module assembles them and saves / loads the trainable set as an "adapter" (`save_adapter`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Tuple, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
-
-from ctxemo.io import atomic_path
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
-from ctxemo.config import EncoderConfig, LoraConfig
+from ctxemo.config import EncoderConfig, LoraConfig, parse_layers
+from ctxemo.device import autocast
 from ctxemo.errors import BundleError, ConfigError
-from ctxemo.models.backbones import FAMILIES, build_backbone, lora_targets, tiny_model_config
+from ctxemo.io import atomic_path
+from ctxemo.models.backbones import (
+    FAMILIES,
+    build_backbone,
+)
+from ctxemo.models.chunking import merge_chunks, split_into_chunks
+from ctxemo.models.featurizer import layer_weights, mix_layers
+from ctxemo.models.finetuning import FINETUNE_MODES, inject_lora, set_backbone_trainable
 from ctxemo.models.frontend import lengths_to_mask
 from ctxemo.models.pooling import build_pooling
 from ctxemo.models.upstream import Upstream, build_upstream
 
-__all__ = ["SegmentEncoder", "as_encoder_config", "parse_layers", "split_into_chunks", "merge_chunks",
-           "tiny_model_config"]
+__all__ = ["SegmentEncoder", "as_encoder_config"]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -61,70 +61,7 @@ def as_encoder_config(enc_cfg: Union[EncoderConfig, DictConfig, Dict[str, Any]])
         raise ConfigError(f"encoder config: {exc}") from None
 
 
-def parse_layers(layers: Union[str, int]) -> Union[str, int]:
-    """'weighted' | 'last' | an int (strings of digits, e.g. from a YAML override, become ints)."""
-    if layers in ("weighted", "last"):
-        return layers
-    try:
-        return int(layers)
-    except (TypeError, ValueError):
-        raise ConfigError(f"encoder.layers={layers!r}: use 'weighted', 'last' or an integer index") from None
-
-
 # ----------------------------------------------------------------------------- chunking
-
-@dataclass
-class ChunkPlan:
-    """Segments cut into pieces that fit the backbone. owner[i] = segment of chunk i (in order)."""
-
-    waves: Tensor  # float [n, t]
-    wave_lens: Tensor  # long [n]
-    owner: Tensor  # long [n]
-    n_segments: int
-
-    @property
-    def is_identity(self) -> bool:
-        return self.waves.shape[0] == self.n_segments
-
-
-def split_into_chunks(waves: Tensor, wave_lens: Tensor, *, max_samples: int) -> ChunkPlan:
-    """Cut each segment longer than `max_samples` into equal chunks (ceil(len / max) of them), so no
-    chunk is a sliver too short for the CNN.
-
-    Args:
-        waves: float [b, t] zero-padded; wave_lens: long [b].
-    """
-    if int(wave_lens.max()) <= max_samples:
-        # One chunk each; a batch width rounded up past the chunk size (pad_waves' `multiple`) holds
-        # only padding there, and Whisper has no positions for it: cut it.
-        return ChunkPlan(waves[:, :max_samples], wave_lens, torch.arange(len(wave_lens)), len(wave_lens))
-    pieces, owners = [], []
-    for i, length in enumerate(wave_lens.tolist()):
-        n = -(-length // max_samples)
-        size = -(-length // n)
-        for start in range(0, length, size):
-            pieces.append(waves[i, start: min(start + size, length)])
-            owners.append(i)
-    lens = torch.tensor([p.shape[0] for p in pieces], dtype=torch.long, device=wave_lens.device)
-    return ChunkPlan(pad_sequence(pieces, batch_first=True), lens, torch.tensor(owners), len(wave_lens))
-
-
-def merge_chunks(frames: Tensor, frame_lens: Tensor, plan: ChunkPlan) -> Tuple[Tensor, Tensor]:
-    """Concatenate each segment's chunks' valid frames back into one sequence.
-
-    Args:
-        frames: [n, t, d] per chunk; frame_lens: long [n].
-    Returns:
-        frames [b, t_total, d] and frame_mask bool [b, t_total].
-    """
-    if plan.is_identity:
-        return frames, lengths_to_mask(frame_lens, frames.shape[1])
-    per_segment: List[List[Tensor]] = [[] for _ in range(plan.n_segments)]
-    for i, (owner, length) in enumerate(zip(plan.owner.tolist(), frame_lens.tolist())):
-        per_segment[owner].append(frames[i, :length])
-    merged = [torch.cat(parts) for parts in per_segment]
-    lens = torch.tensor([m.shape[0] for m in merged], device=frames.device)
-    return pad_sequence(merged, batch_first=True), lengths_to_mask(lens)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -142,15 +79,17 @@ class SegmentEncoder(nn.Module):
         gradient_checkpointing: recompute backbone activations in backward (training memory).
 
     Example:
-        >>> enc = SegmentEncoder.from_config(EncoderConfig(family="wav2vec2"), sample_rate=16000)
-        >>> enc(torch.randn(2, 8000), torch.tensor([8000, 4000])).shape  # doctest: +SKIP
+        >>> from ctxemo.models.backbones import tiny_model_config
+        >>> tiny = EncoderConfig(family="wav2vec2", model_config=tiny_model_config("wav2vec2"))
+        >>> enc = SegmentEncoder.from_config(tiny, sample_rate=16000)
+        >>> enc(torch.randn(2, 8000), torch.tensor([8000, 4000])).shape
         torch.Size([2, 32])
     """
 
     def __init__(self, *, upstream: Upstream, layers: Union[str, int] = "weighted", pooling: str = "mean",
                  finetune: str = "frozen", lora: Optional[LoraConfig] = None, gradient_checkpointing: bool = False):
         super().__init__()
-        if finetune not in ("frozen", "lora", "full"):
+        if finetune not in FINETUNE_MODES:
             raise ConfigError(f"encoder.finetune={finetune!r}: use frozen, lora or full")
         self.upstream = upstream
         self.family = upstream.family
@@ -158,17 +97,16 @@ class SegmentEncoder(nn.Module):
         self.finetune = finetune
         self.pooling_kind = pooling
         self.lora = lora if finetune == "lora" else None
-        n_states = upstream.num_hidden_states
-        if isinstance(self.layers, int) and not -n_states <= self.layers < n_states:
-            raise ConfigError(f"encoder.layers={self.layers}: this backbone has {n_states} hidden states "
-                              f"(0 = input embeddings .. {n_states - 1} = last)")
-        # Zeros -> uniform softmax weights: the start is the plain layer average (as in s3prl).
-        self.layer_weights = nn.Parameter(torch.zeros(n_states)) if self.layers == "weighted" else None
+        self.layer_weights = layer_weights(self.layers, upstream.num_hidden_states)
         self.pooling = build_pooling(pooling, d=upstream.hidden_size)
         self.output_dim = self.pooling.output_dim(upstream.hidden_size)
         if self.lora is not None:
-            self._inject_lora(self.lora)
-        self._set_trainable()
+            inject_lora(upstream, self.lora)
+        set_backbone_trainable(upstream, finetune)
+        for param in self.pooling.parameters():  # layer mixing and pooling always train
+            param.requires_grad_(True)
+        if self.layer_weights is not None:
+            self.layer_weights.requires_grad_(True)
         if gradient_checkpointing:
             # Non-reentrant: works although the (frozen) inputs do not require grad.
             model = upstream.model
@@ -222,7 +160,7 @@ class SegmentEncoder(nn.Module):
         waves, wave_lens = self._pad_short(waves, wave_lens.to(waves.device).long())
         plan = split_into_chunks(waves, wave_lens, max_samples=self.upstream.max_chunk_samples)
         hidden, frame_lens = self.upstream(plan.waves, plan.wave_lens)
-        return merge_chunks(self._mix_layers(hidden), frame_lens, plan)
+        return merge_chunks(mix_layers(hidden, self.layers, self.layer_weights), frame_lens, plan)
 
     def _pad_short(self, waves: Tensor, wave_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """Zero-extend segments shorter than the CNN's receptive field so they yield one frame."""
@@ -234,50 +172,8 @@ class SegmentEncoder(nn.Module):
             waves = nn.functional.pad(waves, (0, need - waves.shape[1]))
         return waves, wave_lens.clamp(min=need)
 
-    def _mix_layers(self, hidden: List[Tensor]) -> Tensor:
-        if self.layers == "last":
-            return hidden[-1]
-        if isinstance(self.layers, int):
-            return hidden[self.layers]
-        weights = torch.softmax(self.layer_weights, dim=0)
-        # A running sum, not torch.stack: no [l, b, t, d] copy of all layers.
-        mixed = weights[0] * hidden[0]
-        for weight, state in zip(weights[1:], hidden[1:]):
-            mixed = mixed + weight * state
-        return mixed
 
     # ------------------------------------------------------------------ training set-up
-
-    def _inject_lora(self, lora: LoraConfig) -> None:
-        from peft import LoraConfig as PeftLoraConfig, inject_adapter_in_model
-
-        targets = lora_targets(self.family, lora.target_modules)
-        peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                  target_modules=targets, bias="none")
-        try:
-            inject_adapter_in_model(peft_cfg, self.upstream.model)
-        except ValueError as exc:  # peft: no module matched the targets
-            raise ConfigError(f"encoder.lora.target_modules {targets}: {exc}") from None
-        frozen = self.upstream.fixed_prefixes
-        in_cnn = [n for n, _ in self.upstream.model.named_parameters() if "lora_" in n and n.startswith(frozen)]
-        if in_cnn:
-            raise ConfigError(f"encoder.lora.target_modules {targets} reach the CNN front-end ({in_cnn[:3]}), "
-                              "which stays frozen; target transformer modules only")
-
-    def _set_trainable(self) -> None:
-        model = self.upstream.model
-        fixed = self.upstream.fixed_prefixes
-        for name, param in model.named_parameters():
-            if self.finetune == "full":
-                param.requires_grad_(not name.startswith(fixed))
-            elif self.finetune == "lora":
-                param.requires_grad_("lora_" in name and not name.startswith(fixed))
-            else:
-                param.requires_grad_(False)
-        for param in self.pooling.parameters():
-            param.requires_grad_(True)
-        if self.layer_weights is not None:
-            self.layer_weights.requires_grad_(True)
 
     def train(self, mode: bool = True) -> "SegmentEncoder":
         """As nn.Module.train, but a frozen backbone stays in eval mode (it is a fixed feature extractor)."""
@@ -306,10 +202,7 @@ class SegmentEncoder(nn.Module):
             >>> with enc.autocast():  # doctest: +SKIP
             ...     emb = enc(waves, wave_lens)
         """
-        device = next(self.parameters()).device
-        if device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(next(self.parameters()).device)
 
     # ------------------------------------------------------------------ adapters
 

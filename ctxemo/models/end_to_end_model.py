@@ -10,9 +10,10 @@ from typing import List, NamedTuple
 import torch
 from torch import nn
 
-from ctxemo.models.encoders import SegmentEncoder
+from ctxemo.data.datasets import CallInputs
+from ctxemo.models.call_model import CallModel, SegmentLogits
 from ctxemo.models.frontend import round_up
-from ctxemo.models.model import CallInputs, CallModel, SegmentLogits
+from ctxemo.models.segment_encoder import SegmentEncoder
 
 
 class AudioCallInputs(NamedTuple):
@@ -30,7 +31,7 @@ class AudioCallInputs(NamedTuple):
 
 class EndToEndModel(nn.Module):
     """SegmentEncoder -> CallModel. The encoder's parameters are named `encoder.*`, so the optimizer gives
-    them `train.encoder_lr` (see ctxemo.train.parameter_groups)."""
+    them `train.encoder_lr` (see ctxemo.training.loop.parameter_groups)."""
 
     def __init__(self, encoder: SegmentEncoder, call_model: CallModel, *, pad_multiple: int = 1):
         """pad_multiple: each length bucket is cut to its longest segment rounded up to this many samples

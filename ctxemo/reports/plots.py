@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ctxemo.io import atomic_path
-from ctxemo.report import markdown_table
+from ctxemo.reports.tables import markdown_table
 
 DPI = 120
 

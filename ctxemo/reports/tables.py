@@ -17,7 +17,8 @@ def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if np.isfinite(std) else f"{100 * mean:.2f}"
 
 
-def _p(value: Optional[float]) -> str:
+def format_p(value: Optional[float]) -> str:
+    """A p-value for a table: 3 significant digits, `n/a` when there is none."""
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
@@ -69,7 +70,7 @@ def comparison_rows(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference
             cell = _fmt(summary[name]["mean"], summary[name]["std"]) if name in summary else "n/a"
             if arm != reference and name in paired.get(arm, {}):
                 test = paired[arm][name]
-                cell += f" (Δ {100 * test['mean_diff']:+.2f}, p={_p(test['p_ttest'])})"
+                cell += f" (Δ {100 * test['mean_diff']:+.2f}, p={format_p(test['p_ttest'])})"
             row.append(cell)
         rows.append(row)
     return rows

@@ -1,5 +1,5 @@
-"""The embedding cache: encode every manifest row once with the SegmentEncoder, and reuse the result
-for as long as nothing it depends on (encoder, weights, audio files, crops) has changed.
+"""The embedding cache: encode every manifest row once with the SegmentEncoder (ctxemo.embedding.encode),
+and reuse the result for as long as nothing it depends on (encoder, weights, audio files, crops) has changed.
 
 Layout under `cache_dir` (one folder per encoder, so ablation arms with different encoders coexist):
     <family>-<encoder fingerprint[:12]>/embeddings.npy    float32 [N, D], row i = manifest row i
@@ -13,56 +13,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from ctxemo.data.audio import audio_info
-from ctxemo.io import save_npy, write_text
+from ctxemo.embedding.encode import (
+    AudioSpec,
+    EmbedSettings,
+    RowLike,
+    as_audio_spec,
+    build_cache_encoder,
+    encode_rows,
+)
 from ctxemo.errors import AudioError, ConfigError
-from ctxemo.models.encoders import SegmentEncoder, as_encoder_config
-from ctxemo.models.frontend import pad_waves
-from ctxemo.models.backbones import check_local_folder, resolve_source, tiny_model_config
+from ctxemo.io import save_npy, write_text
+from ctxemo.models.backbones import (
+    check_local_folder,
+    resolve_source,
+    tiny_model_config,
+)
+from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
 
 CACHE_FORMAT = "ctxemo-embeddings/1"
+
+
 EMBEDDINGS_FILE = "embeddings.npy"
+
+
 SIDECAR_FILE = "embeddings.json"
-PAD_MULTIPLE_SEC = 0.25  # batch widths are rounded up to this (few distinct shapes: see pad_waves)
-MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
-
-
-@dataclass(frozen=True)
-class AudioSpec:
-    """Where one manifest row's audio lives."""
-
-    path: Path
-    start_sec: Optional[float] = None
-    end_sec: Optional[float] = None
-
-
-RowLike = Union[AudioSpec, Tuple[Any, Optional[float], Optional[float]], Dict[str, Any]]
-
-
-def as_audio_spec(row: RowLike) -> AudioSpec:
-    """AudioSpec from an AudioSpec, a (path, start_sec, end_sec) tuple or a dict with those keys."""
-    if isinstance(row, AudioSpec):
-        return row
-    if isinstance(row, dict):
-        return AudioSpec(Path(row["path"]), row.get("start_sec"), row.get("end_sec"))
-    path, start, end = row
-    return AudioSpec(Path(path), start, end)
 
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
-
-# ----------------------------------------------------------------------------- fingerprints
 
 def source_identity(source: Optional[str], revision: Optional[str], *, seed: int) -> Optional[Dict[str, Any]]:
     """What identifies the encoder's weights. None when it cannot be known yet (hub id not cached).
@@ -144,8 +131,6 @@ def cache_folder(cfg: DictConfig, cache_dir: Union[str, Path], encoder_fp: str) 
     return Path(cache_dir) / f"{cfg.encoder.family}-{encoder_fp[:12]}"
 
 
-# ----------------------------------------------------------------------------- the cache
-
 def embed_manifest(
     cfg: DictConfig,
     manifest_rows: Sequence[RowLike],
@@ -209,7 +194,7 @@ def embed_manifest(
             bar.update(len(rows))
         else:
             encoder = encoder or build_cache_encoder(cfg)
-            values = encode_rows(cfg, encoder, [specs[i] for i in rows], device=device, bar=bar)
+            values = encode_rows(EmbedSettings.from_config(cfg), encoder, [specs[i] for i in rows], device=device, bar=bar)
             save_npy(shard_path, np.ascontiguousarray(values, dtype=np.float32))
         results.update(zip(rows, values))
         if on_shard_done is not None:
@@ -258,104 +243,3 @@ def _load_matching(folder: Path, sidecar: Optional[Dict[str, Any]], encoder_fp: 
     if arr.dtype != np.float32 or arr.shape != (sidecar["n_rows"], sidecar["dim"]):
         return None
     return arr
-
-
-def build_cache_encoder(cfg: DictConfig) -> SegmentEncoder:
-    """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
-    return build_seeded_encoder(cfg, finetune="frozen", gradient_checkpointing=False)
-
-
-def build_seeded_encoder(cfg: DictConfig, **overrides: Any) -> SegmentEncoder:
-    """`cfg.encoder` (with `overrides` of its fields) built under `cfg.seed`: the same config gives the same
-    random weights, so an end-to-end model starts from the encoder that filled the embedding cache.
-    Seeded inside a forked RNG, so the caller's RNG stream is not disturbed."""
-    enc_cfg = as_encoder_config(cfg.encoder)
-    for key, value in overrides.items():
-        setattr(enc_cfg, key, value)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        return SegmentEncoder.from_config(enc_cfg, sample_rate=int(cfg.data.sample_rate))
-
-
-def _resolve_device(cfg: DictConfig, device: Optional[str]) -> torch.device:
-    choice = device or OmegaConf.select(cfg, "train.device", default="auto")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
-def _durations_sec(specs: Sequence[AudioSpec]) -> List[float]:
-    """Segment lengths for bucketing, from the crop when given, else from the file header."""
-    out = []
-    for spec in specs:
-        if spec.start_sec is not None and spec.end_sec is not None:
-            out.append(float(spec.end_sec) - float(spec.start_sec))
-            continue
-        info = audio_info(spec.path)  # errors name the file (and say "empty" for 0-byte files)
-        end = float(spec.end_sec) if spec.end_sec is not None else info.frames / info.samplerate
-        out.append(end - float(spec.start_sec or 0.0))
-    return out
-
-
-def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch_sec: float,
-                   max_padding_frac: float = MAX_PADDING_FRAC) -> List[List[int]]:
-    """Batches of indices, shortest first. Each holds at most `batch_size` segments, at most
-    `max_batch_sec` of padded audio (count x longest), and pads at most `max_padding_frac` of its real
-    audio; a segment longer than the budget goes alone.
-
-    Args:
-        durations_sec: per segment.
-        max_padding_frac: padding is pure waste (and on CPU batching buys no parallelism), so a batch
-            closes rather than pad, e.g., a 2-s segment to 10 s.
-    Returns:
-        Lists of indices into `durations_sec`.
-    """
-    order = sorted(range(len(durations_sec)), key=lambda i: durations_sec[i])
-    batches: List[List[int]] = []
-    real_sec = 0.0
-    for i in order:
-        d = durations_sec[i]
-        if batches:
-            n = len(batches[-1]) + 1  # d is the longest so far: sorted ascending
-            if n <= batch_size and n * d <= max_batch_sec and n * d <= (1 + max_padding_frac) * (real_sec + d):
-                batches[-1].append(i)
-                real_sec += d
-                continue
-        batches.append([i])
-        real_sec = d
-    return batches
-
-
-def read_segment(cfg: DictConfig, spec: AudioSpec) -> np.ndarray:
-    """One segment's mono waveform, cropped, at cfg.data.sample_rate from cfg.data.channel."""
-    from ctxemo.data.audio import read_audio
-
-    return read_audio(spec.path, start_sec=spec.start_sec, end_sec=spec.end_sec, channel=int(cfg.data.channel),
-                      target_sr=int(cfg.data.sample_rate))
-
-
-def pad_segments(cfg: DictConfig, waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`pad_waves` with the data config's minimum segment length and the 0.25-s width grid."""
-    sr = int(cfg.data.sample_rate)
-    return pad_waves(waves, min_samples=max(int(round(float(cfg.data.min_segment_sec) * sr)), 1),
-                     multiple=int(PAD_MULTIPLE_SEC * sr))
-
-
-def encode_rows(cfg: DictConfig, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *, device: Optional[str] = None,
-                bar: Optional[tqdm] = None) -> np.ndarray:
-    """Embeddings [len(specs), D] in the given order, computed in length-bucketed batches (no cache)."""
-    target = _resolve_device(cfg, device)
-    was_training = encoder.training
-    encoder = encoder.to(target).eval()
-    batches = length_buckets(_durations_sec(specs), batch_size=int(cfg.encoder.batch_size),
-                             max_batch_sec=float(cfg.encoder.max_batch_sec))
-    out = np.empty((len(specs), encoder.output_dim), dtype=np.float32)
-    with torch.inference_mode():
-        for batch in batches:
-            padded, lens = pad_segments(cfg, [read_segment(cfg, specs[i]) for i in batch])
-            emb = encoder(padded.to(target), lens.to(target))
-            out[batch] = emb.float().cpu().numpy()
-            if bar is not None:
-                bar.update(len(batch))
-    encoder.train(was_training)  # a caller's encoder goes back the way it came
-    return out

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxemo.config import LOSS_KINDS
 from ctxemo.errors import ConfigError
 
 Counts = Union[Sequence[float], np.ndarray, torch.Tensor]
 
-LOSS_KINDS = ("cb_focal", "focal", "bce", "weighted_bce")
 
 # Smallest positive float32: keeps (1 - p_t) ** gamma differentiable when p_t rounds to 1.
 _TINY = float(torch.finfo(torch.float32).tiny)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ctxemo.plots import DPI
+from ctxemo.reports.plots import DPI
 
 
 def _colors(n: int) -> list:

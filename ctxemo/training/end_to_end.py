@@ -24,14 +24,24 @@ from omegaconf import DictConfig
 
 from ctxemo.data.datasets import CallBatch, CallItem, collate
 from ctxemo.data.windows import epoch_windows
-from ctxemo.embed import (PAD_MULTIPLE_SEC, AudioSpec, as_audio_spec, build_seeded_encoder, encode_rows, length_buckets,
-                          pad_segments, read_segment)
-from ctxemo.experiment import CorpusData, TrainedModel, audio_specs
-from ctxemo.models.end_to_end import AudioCallInputs, EndToEndModel
-from ctxemo.models.model import build_call_model, feature_stats
-from ctxemo.scoring import SegmentScores, score_items
+from ctxemo.device import resolve_device
+from ctxemo.embedding.corpus import CorpusData, audio_specs
+from ctxemo.embedding.encode import (
+    PAD_MULTIPLE_SEC,
+    AudioSpec,
+    EmbedSettings,
+    as_audio_spec,
+    build_seeded_encoder,
+    encode_rows,
+    length_buckets,
+    pad_segments,
+    read_segment,
+)
+from ctxemo.evaluation.scoring import SegmentScores, score_items
+from ctxemo.models.call_model import build_call_model, feature_stats
+from ctxemo.models.end_to_end_model import AudioCallInputs, EndToEndModel
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.train import fit, resolve_device
+from ctxemo.training.loop import TrainedModel, fit
 
 STATS_SEGMENTS = 1024  # fit segments embedded once to set the context stage's input statistics
 
@@ -42,7 +52,8 @@ def make_window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: D
     batch = collate(units, device)
     rows = [int(r) for unit in units for r in unit.rows]  # row-major order of seg_mask's True entries
     sr = int(cfg.data.sample_rate)
-    padded, lens = pad_segments(cfg, [read_segment(cfg, specs[r]) for r in rows])
+    settings = EmbedSettings.from_config(cfg)
+    padded, lens = pad_segments(settings, [read_segment(settings, specs[r]) for r in rows])
     buckets = length_buckets((lens.double() / sr).tolist(), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
     calls = batch.inputs
@@ -56,7 +67,7 @@ def with_embeddings(cfg: DictConfig, model: EndToEndModel, calls: Sequence[CallI
                     device: torch.device) -> List[CallItem]:
     """The same calls, their `feats` filled by the model's current encoder (eval mode, no gradients)."""
     rows = np.concatenate([it.rows for it in calls])
-    emb = encode_rows(cfg, model.encoder, [specs[r] for r in rows], device=str(device))
+    emb = encode_rows(EmbedSettings.from_config(cfg), model.encoder, [specs[r] for r in rows], device=str(device))
     bounds = np.cumsum([0] + [len(it.rows) for it in calls])
     return [dataclasses.replace(it, feats=emb[a:b]) for it, a, b in zip(calls, bounds[:-1], bounds[1:])]
 
@@ -76,14 +87,13 @@ def input_statistics(cfg: DictConfig, encoder, calls: Sequence[CallItem], specs:
     rows = np.concatenate([it.rows for it in calls])
     if len(rows) > STATS_SEGMENTS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, STATS_SEGMENTS, replace=False))
-    return feature_stats(encode_rows(cfg, encoder, [specs[r] for r in rows], device=str(device)))
+    return feature_stats(encode_rows(EmbedSettings.from_config(cfg), encoder, [specs[r] for r in rows], device=str(device)))
 
 
-def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, objective, fine_bias,
-                     fold: int, fold_dir: Path, progress: bool) -> TrainedModel:
+def train_end_to_end(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, taxonomy: Taxonomy,
+                     objective, fine_bias, fold: int, fold_dir: Path, progress: bool) -> TrainedModel:
     """Train encoder + context stage + heads on windows of the fit calls; early stopping and the
     returned scorer embed whole calls with the encoder as it is at that point."""
-    taxonomy = Taxonomy.from_config(cfg.taxonomy)
     device = resolve_device(cfg.train.device)
     specs = [as_audio_spec(spec) for spec in audio_specs(data.manifest)]
     # Same weights as the encoder that fills the embedding cache (seeded random init or a checkpoint),

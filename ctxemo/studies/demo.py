@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence
 
-from ctxemo.ablation import run_ablation
 from ctxemo.config import load_config
 from ctxemo.runinfo import start_run
+from ctxemo.studies.ablation import run_ablation
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
 DEMO_CALLS = 60
 
 

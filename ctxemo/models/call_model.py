@@ -10,23 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctxemo.data.datasets import CallInputs
 from ctxemo.models.context import ContextModel
-from ctxemo.models.heads import BinaryHead, FineHead, binary_logit_from_fine, fine_probabilities
+from ctxemo.models.heads import (
+    BinaryHead,
+    FineHead,
+    binary_logit_from_fine,
+    fine_probabilities,
+)
 
 
 class SegmentLogits(NamedTuple):
     binary: torch.Tensor  # [b, s]
     fine: torch.Tensor  # [b, s, c]
-
-
-class CallInputs(NamedTuple):
-    """What the context stage sees of a batch of calls (padded to the longest call)."""
-
-    feats: torch.Tensor  # [b, s, d] float
-    seg_mask: torch.Tensor  # [b, s] bool, True = real segment
-    role: torch.Tensor  # [b, s] long, 0 = caller, 1 = operator
-    position: torch.Tensor  # [b, s] long, index of the segment in its call
-    time_feats: torch.Tensor  # [b, s, 2] float: log1p(gap since previous segment s), log1p(duration s)
 
 
 class CallModel(nn.Module):

@@ -1,0 +1,26 @@
+"""Where tensors run: the one device choice (`train.device`: auto | cpu | cuda) and the one mixed-precision
+rule, shared by embedding, training, scoring, bundles and live scoring."""
+from __future__ import annotations
+
+from typing import ContextManager
+
+import torch
+
+from ctxemo.errors import CtxemoError
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (or None) picks CUDA when present; asking for CUDA on a machine without it is an error."""
+    if isinstance(name, torch.device):
+        return name
+    name = name or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CtxemoError("config key 'train.device' = 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> ContextManager:
+    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower here and changes results)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

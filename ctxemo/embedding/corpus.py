@@ -1,0 +1,48 @@
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ctxemo.data.features import load_features
+from ctxemo.data.manifest import Manifest, load_manifest
+from ctxemo.errors import ConfigError, CtxemoError
+from ctxemo.taxonomy import Taxonomy
+
+
+@dataclass
+class CorpusData:
+    manifest: Manifest
+    feats: np.ndarray  # [n, d] float32, row i = manifest row i; d = 0 in end-to-end mode (no cached embeddings)
+
+
+def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress: bool = True) -> CorpusData:
+    """Manifest + segment features: precomputed `.npy` if configured, else the (cached) encoder."""
+    if not cfg.data.manifest:
+        raise CtxemoError("config key 'data.manifest' is not set (give data.manifest=path/to/manifest.csv)")
+    taxonomy = Taxonomy.from_config(cfg.taxonomy)
+    end_to_end = cfg.train.mode == "end_to_end"
+    if end_to_end and cfg.data.features:
+        raise ConfigError("config key 'data.features' is set, but train.mode=end_to_end trains the encoder on "
+                          "the audio: unset data.features (data.features=null) or use train.mode=two_stage")
+    precomputed = bool(cfg.data.features)
+    manifest = load_manifest(cfg.data.manifest, taxonomy, require_audio=not precomputed)
+    if end_to_end:
+        feats = np.zeros((len(manifest), 0), np.float32)  # the encoder embeds the audio while training
+    elif precomputed:
+        feats = load_features(cfg.data.features, len(manifest))
+    else:
+        from ctxemo.embedding.cache import embed_manifest
+
+        cache_root = Path(cache_root) if cache_root is not None else Path(cfg.out_dir) / "cache"
+        feats = embed_manifest(cfg, audio_specs(manifest), cache_dir=cache_root, progress=progress)
+    return CorpusData(manifest=manifest, feats=feats)
+
+
+def audio_specs(manifest: Manifest) -> List[tuple]:
+    """(path, start_sec | None, end_sec | None) per manifest row, for the embedding stage."""
+    return [(manifest.audio_path(i), *manifest.crop(i)) for i in range(len(manifest))]

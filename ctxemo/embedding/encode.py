@@ -1,0 +1,179 @@
+"""The one segment-embedding loop: segments (files + crops, or in-memory waves) -> SegmentEncoder
+embeddings [n, D], in length-bucketed batches padded to a 0.25-s width grid (few distinct shapes, little
+padding). The cache (ctxemo.embedding.cache), end-to-end training, bundles and live scoring all embed here,
+so a segment gets the same embedding whichever path reads it.
+
+Leaf functions take `EmbedSettings` (the audio and batching fields they read), not the whole config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ctxemo.data.audio import audio_info
+from ctxemo.device import resolve_device
+from ctxemo.models.frontend import pad_waves
+from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
+
+PAD_MULTIPLE_SEC = 0.25  # batch widths are rounded up to this (few distinct shapes: see pad_waves)
+MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """The config fields the embedding loop reads (data.* audio settings, encoder.* batching, train.device)."""
+
+    sample_rate: int = 16000
+    channel: int = -1
+    min_segment_sec: float = 0.1
+    batch_size: int = 16
+    max_batch_sec: float = 160.0
+    device: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "EmbedSettings":
+        return cls(sample_rate=int(cfg.data.sample_rate), channel=int(cfg.data.channel),
+                   min_segment_sec=float(cfg.data.min_segment_sec), batch_size=int(cfg.encoder.batch_size),
+                   max_batch_sec=float(cfg.encoder.max_batch_sec),
+                   device=str(OmegaConf.select(cfg, "train.device", default="auto")))
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """Where one manifest row's audio lives."""
+
+    path: Path
+    start_sec: Optional[float] = None
+    end_sec: Optional[float] = None
+
+
+RowLike = Union[AudioSpec, Tuple[Any, Optional[float], Optional[float]], Dict[str, Any]]
+
+
+def as_audio_spec(row: RowLike) -> AudioSpec:
+    """AudioSpec from an AudioSpec, a (path, start_sec, end_sec) tuple or a dict with those keys."""
+    if isinstance(row, AudioSpec):
+        return row
+    if isinstance(row, dict):
+        return AudioSpec(Path(row["path"]), row.get("start_sec"), row.get("end_sec"))
+    path, start, end = row
+    return AudioSpec(Path(path), start, end)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def build_cache_encoder(cfg: DictConfig) -> SegmentEncoder:
+    """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
+    return build_seeded_encoder(cfg, finetune="frozen", gradient_checkpointing=False)
+
+
+def build_seeded_encoder(cfg: DictConfig, **overrides: Any) -> SegmentEncoder:
+    """`cfg.encoder` (with `overrides` of its fields) built under `cfg.seed`: the same config gives the same
+    random weights, so an end-to-end model starts from the encoder that filled the embedding cache.
+    Seeded inside a forked RNG, so the caller's RNG stream is not disturbed."""
+    enc_cfg = as_encoder_config(cfg.encoder)
+    for key, value in overrides.items():
+        setattr(enc_cfg, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        return SegmentEncoder.from_config(enc_cfg, sample_rate=int(cfg.data.sample_rate))
+
+
+def _durations_sec(specs: Sequence[AudioSpec]) -> List[float]:
+    """Segment lengths for bucketing, from the crop when given, else from the file header."""
+    out = []
+    for spec in specs:
+        if spec.start_sec is not None and spec.end_sec is not None:
+            out.append(float(spec.end_sec) - float(spec.start_sec))
+            continue
+        info = audio_info(spec.path)  # errors name the file (and say "empty" for 0-byte files)
+        end = float(spec.end_sec) if spec.end_sec is not None else info.frames / info.samplerate
+        out.append(end - float(spec.start_sec or 0.0))
+    return out
+
+
+def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch_sec: float,
+                   max_padding_frac: float = MAX_PADDING_FRAC) -> List[List[int]]:
+    """Batches of indices, shortest first. Each holds at most `batch_size` segments, at most
+    `max_batch_sec` of padded audio (count x longest), and pads at most `max_padding_frac` of its real
+    audio; a segment longer than the budget goes alone.
+
+    Args:
+        durations_sec: per segment.
+        max_padding_frac: padding is pure waste (and on CPU batching buys no parallelism), so a batch
+            closes rather than pad, e.g., a 2-s segment to 10 s.
+    Returns:
+        Lists of indices into `durations_sec`.
+    """
+    order = sorted(range(len(durations_sec)), key=lambda i: durations_sec[i])
+    batches: List[List[int]] = []
+    real_sec = 0.0
+    for i in order:
+        d = durations_sec[i]
+        if batches:
+            n = len(batches[-1]) + 1  # d is the longest so far: sorted ascending
+            if n <= batch_size and n * d <= max_batch_sec and n * d <= (1 + max_padding_frac) * (real_sec + d):
+                batches[-1].append(i)
+                real_sec += d
+                continue
+        batches.append([i])
+        real_sec = d
+    return batches
+
+
+def read_segment(settings: EmbedSettings, spec: AudioSpec) -> np.ndarray:
+    """One segment's mono waveform, cropped, at the settings' sample rate from their channel."""
+    from ctxemo.data.audio import read_audio
+
+    return read_audio(spec.path, start_sec=spec.start_sec, end_sec=spec.end_sec, channel=settings.channel,
+                      target_sr=settings.sample_rate)
+
+
+def pad_segments(settings: EmbedSettings, waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`pad_waves` with the minimum segment length and the 0.25-s width grid."""
+    sr = settings.sample_rate
+    return pad_waves(waves, min_samples=max(int(round(settings.min_segment_sec * sr)), 1),
+                     multiple=int(PAD_MULTIPLE_SEC * sr))
+
+
+def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load: Callable[[int], np.ndarray], *,
+                  settings: EmbedSettings, device: Optional[str] = None, bar: Optional[tqdm] = None) -> np.ndarray:
+    """The loop: embeddings [n, D] of segments 0..n-1 in order; `load(i)` gives segment i's waveform, read
+    only when its length bucket is encoded (a corpus is never held in memory at once)."""
+    target = resolve_device(device or settings.device)
+    was_training = encoder.training
+    encoder = encoder.to(target).eval()
+    out = np.empty((len(durations_sec), encoder.output_dim), dtype=np.float32)
+    batches = length_buckets(durations_sec, batch_size=settings.batch_size, max_batch_sec=settings.max_batch_sec)
+    with torch.inference_mode():
+        for batch in batches:
+            padded, lens = pad_segments(settings, [load(i) for i in batch])
+            out[batch] = encoder(padded.to(target), lens.to(target)).float().cpu().numpy()
+            if bar is not None:
+                bar.update(len(batch))
+    encoder.train(was_training)  # a caller's encoder goes back the way it came
+    return out
+
+
+def encode_rows(settings: EmbedSettings, encoder: SegmentEncoder, specs: Sequence[AudioSpec], *,
+                device: Optional[str] = None, bar: Optional[tqdm] = None) -> np.ndarray:
+    """Embeddings [len(specs), D] of audio files (and crops) in the given order (no cache)."""
+    return embed_batches(encoder, _durations_sec(specs), lambda i: read_segment(settings, specs[i]),
+                         settings=settings, device=device, bar=bar)
+
+
+def embed_waves(encoder: SegmentEncoder, waves: Sequence[np.ndarray], *, settings: EmbedSettings,
+                device: Optional[str] = None) -> np.ndarray:
+    """Embeddings [len(waves), D] of in-memory mono float32 segments at the settings' sample rate."""
+    return embed_batches(encoder, [len(w) / settings.sample_rate for w in waves], lambda i: waves[i],
+                         settings=settings, device=device)

@@ -1,0 +1,1 @@
+"""Stage 5, training: losses, the objective, the epoch loop with early stopping and checkpoints, distributed helpers, and the trainers (two-stage and end-to-end) that turn a fold's calls into a TrainedModel."""
