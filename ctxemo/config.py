@@ -54,7 +54,10 @@ class LoraConfig:
 
 @dataclass
 class EncoderConfig:
-    family: str = "wav2vec2"  # wav2vec2 | hubert | wavlm | data2vec-audio | whisper
+    # wav2vec2 | hubert | wavlm | data2vec-audio | whisper (HF backbones) | opensmile (classic functionals,
+    # two-stage only; pip install ".[opensmile]")
+    family: str = "wav2vec2"
+    feature_set: str = "egemaps"  # opensmile only: egemaps (eGeMAPS v02, 88) | compare (ComParE 2016, 6373)
     source: Optional[str] = None  # hub id or local folder; None builds from `model_config` (random init)
     revision: Optional[str] = None
     offline: bool = True  # never contact a hub unless this is False and `source` is a hub id
@@ -74,7 +77,10 @@ class EncoderConfig:
 
 @dataclass
 class ContextConfig:
-    kind: str = "transformer"  # identity (isolated) | call_norm | transformer
+    kind: str = "transformer"  # identity (isolated) | call_norm | transformer | smooth
+    # transformer: the isolated path plus a context correction whose gate starts at 0, so at initialisation
+    # the arm *is* the isolated arm and context has to earn its weight (False: the plain transformer).
+    residual: bool = True
     d_model: int = 64
     depth: int = 2
     heads: int = 4
@@ -88,7 +94,9 @@ class ContextConfig:
 
 @dataclass
 class HeadConfig:
-    binary_from: str = "head"  # head | fine (p_negative = 1 - prod(1 - p_label) for negative labels)
+    # head | fine (p_negative = 1 - prod(1 - p_label) over negative labels, or their softmax mass) | mean (the
+    # average of the two: the binary head trains on its own loss, the fine labels add their evidence)
+    binary_from: str = "mean"
     fine_on_negative_only: bool = False  # fine loss only on segments that are negative
     dropout: float = 0.1
 
@@ -123,6 +131,7 @@ class TrainConfig:
     window_segments: int = 8  # end_to_end: consecutive segments per training window
     tensorboard: bool = False  # per-epoch metrics under <fold dir>/tensorboard (pip install ".[tensorboard]")
     device: str = "auto"  # auto | cpu | cuda
+    ensemble: int = 1  # models per inner fold, each from its own seed; probabilities are averaged
 
 
 @dataclass
@@ -131,6 +140,12 @@ class CVConfig:
     inner_val_fraction: float = 0.2  # share of training callers held out for early stopping
     tune_thresholds: bool = True  # per-label thresholds tuned on inner validation (else 0.5)
     only_folds: List[int] = field(default_factory=list)  # run a subset of folds (empty = all)
+    # Cross-fitting: K caller-disjoint inner folds of the training callers; each inner model early-stops on
+    # its held-out callers, thresholds come from the pooled out-of-fold predictions, and the test fold is
+    # scored with the average of the K models. 0 = one inner split of inner_val_fraction of the callers.
+    # 3 by measurement on EmoDB (benchmarks/README.md "Real speech"): with 8-9 training callers, one
+    # split left one caller to pick every threshold.
+    inner_folds: int = 3
 
 
 @dataclass
@@ -138,6 +153,9 @@ class AblationConfig:
     # arm name -> list of key=value overrides applied on top of this config
     arms: Dict[str, List[str]] = field(default_factory=dict)
     reference: str = ""  # arm that every other arm is compared with (paired test)
+    # Baseline arms run beside the configured ones on the same folds, so that no arm is read without
+    # them: linear_probe (train.mode=linear_probe) and prior (train.mode=prior, the trivial predictor).
+    baselines: List[str] = field(default_factory=lambda: ["linear_probe", "prior"])
 
 
 @dataclass
@@ -170,18 +188,23 @@ def parse_layers(layers: Union[str, int]) -> Union[str, int]:
         raise ConfigError(f"config key 'encoder.layers' = {layers!r}: use 'weighted', 'last' or an integer index") from None
 
 
+# Baseline arms an ablation adds (ablation.baselines): name -> the overrides that make the arm.
+BASELINES: Dict[str, List[str]] = {"linear_probe": ["train.mode=linear_probe"], "prior": ["train.mode=prior"]}
+
 # Closed sets of values, checked after every merge (a typo must not silently pick a default).
 ENCODER_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")  # models.backbones.FAMILIES
-CONTEXT_KINDS = ("identity", "call_norm", "transformer")  # models.context
+FEATURE_FAMILIES = ("opensmile",)  # fixed feature extractors (embedding.opensmile_features), not backbones
+CONTEXT_KINDS = ("identity", "call_norm", "transformer", "smooth")  # models.context (smooth: training.smoothing)
 LOSS_KINDS = ("cb_focal", "focal", "bce", "weighted_bce")  # training.losses
 CHOICES: Dict[str, Sequence[str]] = {
-    "encoder.family": ENCODER_FAMILIES,
+    "encoder.family": ENCODER_FAMILIES + FEATURE_FAMILIES,
+    "encoder.feature_set": ("egemaps", "compare"),  # embedding.opensmile_features.FEATURE_SETS
     "encoder.pooling": ("mean", "attentive_stats"),
     "encoder.finetune": ("frozen", "lora", "full"),
     "context.kind": CONTEXT_KINDS,
-    "head.binary_from": ("head", "fine"),
+    "head.binary_from": ("head", "fine", "mean"),
     "loss.kind": LOSS_KINDS,
-    "train.mode": ("two_stage", "end_to_end"),
+    "train.mode": ("two_stage", "end_to_end", "linear_probe", "prior"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
 }
@@ -193,6 +216,8 @@ RANGES: Dict[str, tuple] = {
     "context.attention_dropout": (0.0, 1.0),
     "head.dropout": (0.0, 1.0),
     "train.window_segments": (1, None),
+    "train.ensemble": (1, None),
+    "cv.inner_folds": (0, None),
     "train.bucket_calls": (0, None),
     "train.min_delta": (0.0, None),
 }
@@ -227,6 +252,10 @@ def validate(cfg: DictConfig) -> None:
         if value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}")
     parse_layers(cfg.encoder.layers)
+    if cfg.encoder.family in FEATURE_FAMILIES and cfg.train.mode == "end_to_end":
+        raise ConfigError(f"config key 'encoder.family' = {cfg.encoder.family!r} is a fixed feature extractor with "
+                          "nothing to train: train.mode=end_to_end needs a neural encoder (wav2vec2, hubert, ...); "
+                          "use train.mode=two_stage")
     labels = list(cfg.taxonomy.labels)
     if not labels or len(set(labels)) != len(labels):
         raise ConfigError(f"config key 'taxonomy.labels' must be a non-empty list of distinct names: {labels}")
@@ -237,6 +266,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'cv.folds' = {cfg.cv.folds}: need at least 2 folds")
     if not 0.0 < cfg.cv.inner_val_fraction < 1.0:
         raise ConfigError("config key 'cv.inner_val_fraction' must lie strictly between 0 and 1")
+    if cfg.cv.inner_folds == 1:
+        raise ConfigError("config key 'cv.inner_folds' = 1: use 0 (one inner split) or at least 2 inner folds")
+    unknown = [b for b in cfg.ablation.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"config key 'ablation.baselines' names unknown baselines {unknown}; known: {list(BASELINES)}")
     if cfg.context.window and cfg.context.window_overlap >= cfg.context.window:
         raise ConfigError("config key 'context.window_overlap' must be smaller than 'context.window'")
     for key, (low, high) in RANGES.items():

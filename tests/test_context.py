@@ -139,7 +139,7 @@ def test_fine_head_trained_on_negative_segments_reports_p_label_times_p_negative
     taxonomy = Taxonomy(labels=tuple(f"l{i}" for i in range(C)))
     x = _inputs()
     for negative_only in (False, True):
-        cfg = load_config(overrides=["context.d_model=16", "context.heads=2",
+        cfg = load_config(overrides=["context.d_model=16", "context.heads=2", "head.binary_from=head",
                                      f"head.fine_on_negative_only={str(negative_only).lower()}"])
         torch.manual_seed(0)
         model = build_call_model(cfg, d_in=D, taxonomy=taxonomy).eval()

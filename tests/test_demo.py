@@ -10,7 +10,7 @@ def test_demo_writes_summary_for_both_arms(tmp_path, capsys):
                "cv.folds=2", "train.epochs=2", "context.d_model=16", "context.depth=1", "context.heads=2"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["reference"] == "isolated" and set(summary["arms"]) == {"isolated", "contextual"}
+    assert summary["reference"] == "isolated" and set(summary["arms"]) == {"isolated", "contextual", "linear_probe", "prior"}
     for arm in summary["arms"].values():
         for metric in ("binary_f1", "fine_weighted_f1", "fine_macro_f1"):
             assert len(arm[metric]["folds"]) == 2 and "mean" in arm[metric] and "std" in arm[metric]

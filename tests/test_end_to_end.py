@@ -94,7 +94,8 @@ def e2e_overrides(manifest):
     return [f"data.manifest={manifest}", "train.mode=end_to_end", "encoder.family=wav2vec2", "encoder.finetune=lora",
             "encoder.layers=last", "encoder.lora.dropout=0.0", "train.window_segments=4", "train.batch_calls=2",
             "train.epochs=3", "train.patience=10", "train.encoder_lr=0.01", "train.device=cpu",
-            "context.d_model=16", "context.depth=1", "context.heads=2", "cv.folds=2", "cv.only_folds=[0]"]
+            "context.d_model=16", "context.depth=1", "context.heads=2", "cv.folds=2", "cv.only_folds=[0]",
+            "cv.inner_folds=0"]  # one encoder per fold: an end-to-end bundle holds one (train_bundle)
 
 
 def e2e_config(manifest, *extra):
@@ -157,7 +158,8 @@ def test_end_to_end_grids_smoke_run_with_their_lora_arms(path, audio_corpus, tmp
     cfg.ablation.arms = {cfg.ablation.reference: arms[cfg.ablation.reference], lora_arm: arms[lora_arm]}
     monkeypatch.setattr("ctxemo.studies.ablation.finish_comparison", lambda run_dir, result, **kw: result)
     result = run_ablation(cfg, tmp_path / "ablate", progress=False, log=lambda *_: None)
-    assert list(result["arms"]) == list(cfg.ablation.arms)
+    # The baselines run on the frozen encoder's embeddings of the same audio.
+    assert list(result["arms"]) == [*cfg.ablation.arms, *[b for b in cfg.ablation.baselines if b not in cfg.ablation.arms]]
     state = load_file(tmp_path / "ablate" / lora_arm / "fold0" / "model.safetensors")
     assert any("lora_B" in k for k in state)
 
@@ -169,7 +171,7 @@ def test_train_command_writes_an_end_to_end_bundle_with_its_adapter(audio_corpus
 
     config = tmp_path / "e2e.yaml"
     config.write_text("name: e2e\n", encoding="utf-8")
-    args = [o for o in e2e_overrides(audio_corpus) if not o.startswith("cv.")]
+    args = [o for o in e2e_overrides(audio_corpus) if not o.startswith("cv.") or o.startswith("cv.inner_folds")]
     assert main(["train", str(config), *args, "--out", str(tmp_path / "run"), "--quiet"]) == 0
     bundle = load_bundle(tmp_path / "run" / "bundle")
     assert bundle.meta["embedding"] == "encoder" and (tmp_path / "run" / "bundle" / "encoder_adapter").is_dir()

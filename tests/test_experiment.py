@@ -56,8 +56,9 @@ def _rows(items) -> np.ndarray:
 
 
 def test_callers_disjoint_and_test_fold_never_tunes(corpus_config, tmp_path, monkeypatch):
-    """Record every row that fit (training + early stopping), scoring and threshold tuning see, per fold."""
-    cfg = load_config([corpus_config], ["train.epochs=2"])
+    """Record every row that fit (training + early stopping), scoring and threshold tuning see, per fold
+    (one inner split here; cross-fitting: tests/test_context_routes.py)."""
+    cfg = load_config([corpus_config], ["train.epochs=2", "cv.inner_folds=0"])
     data = load_corpus(cfg, progress=False)
     caller = np.asarray(data.manifest.caller_id)
     events = []
@@ -196,7 +197,7 @@ def test_ablate_adds_the_caller_bootstrap(ablate_run):
     out_dir, stdout, _ = ablate_run
     boot = json.loads((out_dir / "summary.json").read_text())["bootstrap"]
     assert boot["grouped_by"] == "caller_id"
-    assert set(boot["arms"]) == {"contextual"}
+    assert set(boot["arms"]) == {"contextual", "linear_probe", "prior"}  # every arm and baseline vs the reference
     assert "p_boot=" in stdout
 
 

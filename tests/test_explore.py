@@ -271,10 +271,10 @@ def test_ensure_run_runs_an_ablation_config_then_loads_it(tmp_path):
                  "train.epochs=1", "cv.folds=2"]
     run = tmp_path / "run"
     summary = explore.ensure_run(run, config=config, overrides=overrides, log=lambda m: None)
-    assert list(summary["arms"]) == ["isolated", "norm"] and (run / "summary.json").is_file()
+    assert list(summary["arms"]) == ["isolated", "norm", "linear_probe", "prior"] and (run / "summary.json").is_file()
     assert explore.ensure_run(run, log=lambda m: None)["reference"] == summary["reference"]
     arms = explore.load_arms(run)
-    assert list(arms) == ["isolated", "norm"] and len(arms["norm"].call_id) == len(arms["isolated"].call_id) > 0
+    assert list(arms) == ["isolated", "norm", "linear_probe", "prior"] and len(arms["norm"].call_id) == len(arms["isolated"].call_id) > 0
 
 
 # ----------------------------------------------------------------------------- figures

@@ -200,9 +200,10 @@ def corpus(tmp_path_factory):
     return feature_corpus(tmp_path_factory.mktemp("interrupt") / "corpus", n_callers=6, calls_per_caller=2, turns=6)
 
 
-CV = ["train.epochs=2", "train.patience=5", "cv.folds=3"]
+# One model per fold (cv.inner_folds=0): the kill points below count that model's checkpoint writes.
+CV = ["train.epochs=2", "train.patience=5", "cv.folds=3", "cv.inner_folds=0"]
 ARMS = ["ablation.arms={a: [context.kind=identity], b: [context.kind=transformer]}", "ablation.reference=a",
-        "cv.folds=2"]
+        "cv.folds=2", "cv.inner_folds=0", "ablation.baselines=[]"]
 
 
 def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_path, corpus, start_paused):

@@ -431,7 +431,8 @@ def test_pickled_payload_in_a_checkpoint_is_refused(capsys, tmp_path):
     evidence = tmp_path / "payload-ran"
     (tmp_path / "run" / "fold0").mkdir(parents=True)
     torch.save({"model": _Payload(evidence)}, tmp_path / "run" / "fold0" / "checkpoint.pt")
-    err = fails(capsys, "cv", cfg, "train.epochs=1", "cv.folds=2", "--out", tmp_path / "run", "--quiet")
+    err = fails(capsys, "cv", cfg, "train.epochs=1", "cv.folds=2", "cv.inner_folds=0", "--out", tmp_path / "run",
+                "--quiet")
     assert f"cannot load checkpoint {tmp_path / 'run' / 'fold0' / 'checkpoint.pt'} safely" in err
     assert not evidence.exists()
 

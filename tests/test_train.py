@@ -109,6 +109,6 @@ def test_cv_writes_tensorboard_logs_per_fold_only_when_asked(features_config, lo
 
     run_cv(load_test_config(features_config, "train.epochs=1", "cv.folds=2", "train.tensorboard=true"),
            tmp_path / "on", progress=False)
-    assert list((tmp_path / "on" / "fold0" / "tensorboard").glob("events.*"))
+    assert list((tmp_path / "on" / "fold0").glob("member*/tensorboard/events.*"))  # one log per inner model
     run_cv(load_test_config(features_config, "train.epochs=1", "cv.folds=2"), tmp_path / "off", progress=False)
     assert not (tmp_path / "off" / "fold0" / "tensorboard").exists()

@@ -8,6 +8,8 @@ Layout under `cache_dir` (one folder per encoder, so ablation arms with differen
 A row is reused when the encoder fingerprint matches and its own audio hash (path, size, mtime,
 crop, channel, rate) is in the previous sidecar; only the other rows are encoded, in shards of
 `shard_rows` that are saved as they finish, so an interrupted run resumes where it stopped.
+`cached_rows` is that cache for any row-wise extractor: openSMILE functionals
+(ctxemo.embedding.opensmile_features) use it with their own fingerprint.
 """
 from __future__ import annotations
 
@@ -164,7 +166,6 @@ def embed_manifest(
     """
     specs = [as_audio_spec(r) for r in manifest_rows]
     hashes = row_hashes(specs)
-    audio_fp = _sha(hashes)
     encoder_fp, description = encoder_fingerprint(cfg, encoder=encoder)
     if encoder_fp is None:  # a hub id not in the local cache yet: load (download) it, then identify it
         supplied = encoder
@@ -173,9 +174,46 @@ def embed_manifest(
         if encoder_fp is None:
             raise ConfigError(f"encoder.source {cfg.encoder.source!r}: loaded, but its hub revision cannot be "
                               "resolved in the local hub cache, so cached embeddings could go stale")
-    folder = cache_folder(cfg, cache_dir, encoder_fp)
+    settings = EmbedSettings.from_config(cfg)
+
+    def encode(rows: List[AudioSpec], bar: tqdm) -> np.ndarray:
+        nonlocal encoder
+        encoder = encoder or build_cache_encoder(cfg)
+        return encode_rows(settings, encoder, rows, device=device, bar=bar)
+
+    return cached_rows(specs, hashes, folder=cache_folder(cfg, cache_dir, encoder_fp), fingerprint=encoder_fp,
+                       description=description, encode=encode, desc=f"embed {cfg.encoder.family}",
+                       progress=progress, shard_rows=shard_rows, on_shard_done=on_shard_done)
+
+
+def cached_rows(
+    specs: Sequence[AudioSpec],
+    hashes: Sequence[str],
+    *,
+    folder: Path,
+    fingerprint: str,
+    description: Dict[str, Any],
+    encode: Callable[[List[AudioSpec], tqdm], np.ndarray],
+    desc: str = "embed",
+    progress: bool = True,
+    shard_rows: int = 256,
+    on_shard_done: Optional[Callable[[int], None]] = None,
+) -> np.ndarray:
+    """The cache itself, for any row-wise extractor (the neural encoders, openSMILE functionals).
+
+    Args:
+        specs: the rows' audio; hashes: `row_hashes(specs)`.
+        folder: this extractor's cache folder (`cache_folder`); fingerprint, description: what identifies
+            the extractor (the sidecar's `encoder_fingerprint` and `encoder`).
+        encode: float32 [len(rows), D] of some rows (updating the tqdm bar it is given); called only for
+            rows that are neither cached nor in a finished shard.
+    Returns:
+        float32 [N, D], row i = specs[i]; written atomically to `folder` with its sidecar.
+    """
+    hashes = list(hashes)
+    audio_fp = _sha(hashes)
     sidecar = _read_sidecar(folder)
-    old = _load_matching(folder, sidecar, encoder_fp)
+    old = _load_matching(folder, sidecar, fingerprint)
     if old is not None and sidecar["audio_fingerprint"] == audio_fp and old.shape[0] == len(specs):
         return old
 
@@ -185,16 +223,15 @@ def embed_manifest(
     shards = [todo[k: k + shard_rows] for k in range(0, len(todo), shard_rows)]
     partial = folder / "partial"
     results: Dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(todo), desc=f"embed {cfg.encoder.family}", unit="seg", disable=not progress)
+    bar = tqdm(total=len(todo), desc=desc, unit="seg", disable=not progress)
     for number, rows in enumerate(shards, start=1):
-        key = _sha([encoder_fp, [hashes[i] for i in rows]])[:24]
+        key = _sha([fingerprint, [hashes[i] for i in rows]])[:24]
         shard_path = partial / f"shard-{key}.npy"
         values = _load_shard(shard_path, len(rows))  # finished by an earlier, interrupted call?
         if values is not None:
             bar.update(len(rows))
         else:
-            encoder = encoder or build_cache_encoder(cfg)
-            values = encode_rows(EmbedSettings.from_config(cfg), encoder, [specs[i] for i in rows], device=device, bar=bar)
+            values = encode([specs[i] for i in rows], bar)
             save_npy(shard_path, np.ascontiguousarray(values, dtype=np.float32))
         results.update(zip(rows, values))
         if on_shard_done is not None:
@@ -208,7 +245,7 @@ def embed_manifest(
     # Drop the old sidecar first: a crash between the two writes must not pair new rows with old hashes.
     (folder / SIDECAR_FILE).unlink(missing_ok=True)
     save_npy(folder / EMBEDDINGS_FILE, np.ascontiguousarray(out, dtype=np.float32))
-    meta = {"format": CACHE_FORMAT, "encoder_fingerprint": encoder_fp, "audio_fingerprint": audio_fp,
+    meta = {"format": CACHE_FORMAT, "encoder_fingerprint": fingerprint, "audio_fingerprint": audio_fp,
             "n_rows": len(specs), "dim": dim, "dtype": "float32", "encoder": description, "row_hashes": hashes}
     write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
     for path in partial.glob("shard-*.npy") if partial.is_dir() else []:

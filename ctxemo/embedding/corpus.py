@@ -21,7 +21,8 @@ class CorpusData:
 
 
 def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress: bool = True) -> CorpusData:
-    """Manifest + segment features: precomputed `.npy` if configured, else the (cached) encoder."""
+    """Manifest + segment features: precomputed `.npy` if configured, else the (cached) encoder (a neural
+    encoder, or openSMILE functionals for encoder.family=opensmile)."""
     if not cfg.data.manifest:
         raise CtxemoError("config key 'data.manifest' is not set (give data.manifest=path/to/manifest.csv)")
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
@@ -37,9 +38,14 @@ def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress:
         feats = load_features(cfg.data.features, len(manifest))
     else:
         from ctxemo.embedding.cache import embed_manifest
+        from ctxemo.embedding.opensmile_features import (
+            is_feature_family,
+            opensmile_manifest,
+        )
 
         cache_root = Path(cache_root) if cache_root is not None else Path(cfg.out_dir) / "cache"
-        feats = embed_manifest(cfg, audio_specs(manifest), cache_dir=cache_root, progress=progress)
+        embed = opensmile_manifest if is_feature_family(cfg) else embed_manifest  # functionals, or a neural encoder
+        feats = embed(cfg, audio_specs(manifest), cache_dir=cache_root, progress=progress)
     return CorpusData(manifest=manifest, feats=feats)
 
 

@@ -7,7 +7,8 @@ A bundle folder holds:
     taxonomy.json        labels, multilabel, negative labels
     versions.json        library versions at training time
     encoder.json         encoder fingerprint + the embedding of a fixed probe signal (absent when the model
-                         was trained on precomputed features)
+                         was trained on precomputed features; for encoder.family=opensmile, the extractor's
+                         fingerprint and the probe's functionals)
     encoder_adapter/     the encoder's trainable weights (`save_adapter`), only when it was fine-tuned
     bundle.json          written last: format version, d_in, timing use, sha256 of every file above
 Loading never unpickles. A missing or modified file, another format version, or a pickle (.pt, .bin, ...)
@@ -36,10 +37,18 @@ from ctxemo.config import load_config, to_yaml
 from ctxemo.data.datasets import call_inputs, time_features
 from ctxemo.device import resolve_device
 from ctxemo.embedding.encode import EmbedSettings, embed_waves
+from ctxemo.embedding.opensmile_features import (
+    OpenSmileExtractor,
+    is_feature_family,
+    opensmile_fingerprint,
+)
+from ctxemo.embedding.opensmile_features import embed_waves as embed_functionals
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
 from ctxemo.evaluation.evaluate import Thresholds
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
+from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.smoothing import PosteriorSmoother
 
 BUNDLE_FORMAT = "ctxemo-bundle/1"
 META_FILE = "bundle.json"
@@ -81,10 +90,15 @@ def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
 
     Without an adapter it is the frozen, seeded encoder of `ctxemo.embedding.encode` (the same builder, so
     rebuilding cannot drift from the cache); with one, the configured encoder built under the same seed
-    and then loaded with the saved trainable weights.
+    and then loaded with the saved trainable weights. For encoder.family=opensmile it is the
+    OpenSmileExtractor that filled the cache (nothing is trained, so there is never an adapter).
     """
     from ctxemo.embedding.encode import build_cache_encoder, build_seeded_encoder
 
+    if is_feature_family(cfg):
+        if adapter_dir is not None:
+            raise BundleError(f"{adapter_dir}: encoder.family={cfg.encoder.family!r} has no trainable weights")
+        return OpenSmileExtractor.from_config(cfg)
     if adapter_dir is None:
         return build_cache_encoder(cfg).eval()
     encoder = build_seeded_encoder(cfg, gradient_checkpointing=False)
@@ -92,11 +106,20 @@ def build_encoder(cfg: DictConfig, *, adapter_dir: Optional[Path] = None):
     return encoder.eval()
 
 
+def _embed_waves(encoder, waves: Sequence[np.ndarray], *, settings: EmbedSettings, device: Optional[str] = None):
+    """`embed_waves` of the embedding stage for this encoder: a SegmentEncoder's, or openSMILE functionals'."""
+    embed = embed_functionals if isinstance(encoder, OpenSmileExtractor) else embed_waves
+    return embed(encoder, waves, settings=settings, device=device)
+
+
 def _encoder_description(cfg: DictConfig, encoder) -> tuple:
     """(digest, JSON-normalised description) of the encoder, as the embedding cache fingerprints it."""
     from ctxemo.embedding.cache import encoder_fingerprint
 
-    digest, description = encoder_fingerprint(cfg, encoder=encoder)
+    if is_feature_family(cfg):
+        digest, description = opensmile_fingerprint(cfg)
+    else:
+        digest, description = encoder_fingerprint(cfg, encoder=encoder)
     return digest, json.loads(json.dumps(description, sort_keys=True, default=str))
 
 
@@ -104,8 +127,8 @@ def encoder_record(cfg: DictConfig, encoder, *, adapter: bool) -> Dict[str, Any]
     """What encoder.json holds: fingerprint, its description and the probe embedding (computed on CPU;
     the encoder is moved there)."""
     digest, description = _encoder_description(cfg, encoder if adapter else None)
-    probe = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
-                        device="cpu")[0]
+    probe = _embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
+                         device="cpu")[0]
     return {"fingerprint": digest, "description": description, "adapter": adapter,
             "probe": {"seconds": PROBE_SEC, "embedding": [float(v) for v in probe]}}
 
@@ -131,8 +154,8 @@ def check_encoder(cfg: DictConfig, encoder, record: Dict[str, Any], *, where: Pa
         warnings.append(f"{where}: library versions differ from training ({stored.get('versions')} -> "
                         f"{description.get('versions')}); the probe embedding still matches")
     expected = np.asarray(record["probe"]["embedding"], dtype=np.float32)
-    got = embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
-                        device="cpu")[0]
+    got = _embed_waves(encoder.cpu(), [probe_signal(int(cfg.data.sample_rate))], settings=EmbedSettings.from_config(cfg),
+                         device="cpu")[0]
     scale = max(1.0, float(np.abs(expected).max()))
     if got.shape != expected.shape or float(np.abs(got - expected).max()) > PROBE_TOLERANCE * scale:
         diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
@@ -144,7 +167,7 @@ def check_encoder(cfg: DictConfig, encoder, record: Dict[str, Any], *, where: Pa
 def verify_rebuilt_embeddings(encoder, waves: Sequence[np.ndarray], expected: np.ndarray, *, cfg: DictConfig,
                               atol: float = 1e-5) -> float:
     """Max |rebuilt - cached| over some segments; raises CtxemoError above `atol` (used before saving)."""
-    got = embed_waves(encoder.cpu(), waves, settings=EmbedSettings.from_config(cfg), device="cpu")
+    got = _embed_waves(encoder.cpu(), waves, settings=EmbedSettings.from_config(cfg), device="cpu")
     diff = float(np.abs(got - np.asarray(expected, dtype=np.float32)).max()) if len(waves) else 0.0
     if diff > atol:
         raise CtxemoError(f"the encoder rebuilt from the config gives embeddings {diff:.3g} away from the cached "
@@ -168,6 +191,7 @@ class Bundle:
     encoder_info: Optional[Dict[str, Any]]
     device: torch.device = torch.device("cpu")
     warnings: List[str] = field(default_factory=list)
+    smoother: Optional[PosteriorSmoother] = None  # context.kind: smooth
     _encoder: Any = None
 
     @property
@@ -210,7 +234,7 @@ class Bundle:
 
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Segment embeddings float32 [n, d_in] of mono waves at `sample_rate`."""
-        return embed_waves(self.encoder(), waves, settings=EmbedSettings.from_config(self.cfg), device=str(self.device))
+        return _embed_waves(self.encoder(), waves, settings=EmbedSettings.from_config(self.cfg), device=str(self.device))
 
     def in_context(self, roles: Sequence[str]) -> np.ndarray:
         """bool [n]: segments that enter the context model (callers; operators if the model used them)."""
@@ -244,6 +268,9 @@ class Bundle:
         p_negative, probs = self.model.probabilities(logits)
         p_neg[rows[scored]] = p_negative[0].float().cpu().numpy()[scored]
         p_fine[rows[scored]] = probs[0].float().cpu().numpy()[scored]
+        if self.smoother is not None:  # along the call's caller segments, as in training
+            callers = rows[scored]
+            p_neg[callers], p_fine[callers] = self.smoother.smooth_call(p_neg[callers], p_fine[callers])
         return CallScores(p_neg, p_fine)
 
     def is_negative(self, p_negative: float) -> bool:
@@ -273,12 +300,14 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresholds: Thresholds, d_in: int,
-                time_features_used: bool, encoder=None, train_info: Optional[Dict[str, Any]] = None) -> Path:
+                time_features_used: bool, encoder=None, train_info: Optional[Dict[str, Any]] = None,
+                smoother: Optional[PosteriorSmoother] = None) -> Path:
     """Write a bundle folder atomically (a reader sees the old bundle or the complete new one).
 
     Args:
         cfg: the resolved config the model was trained with.
-        model: the trained CallModel (its state, buffers included, goes to model.safetensors).
+        model: the trained CallModel, or an EnsembleCallModel of them (cross-fitted inner models, seed
+            ensembles); its state, buffers included, goes to model.safetensors.
         thresholds: decision thresholds tuned on inner-validation callers.
         d_in: segment embedding width.
         time_features_used: whether training segments had start/end (otherwise timing inputs are zeroed).
@@ -286,6 +315,7 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             rebuilds the frozen encoder from config + seed (nothing saved), or none at all when the model
             was trained on precomputed features.
         train_info: free-form facts about training (epochs, calls, inner-validation metrics).
+        smoother: the posterior smoother of `context.kind: smooth` (its parameters go to bundle.json).
     Returns:
         The bundle folder.
     """
@@ -329,6 +359,8 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "d_in": int(d_in), "embedding": embedding, "time_features": bool(time_features_used),
             "train": train_info or {}, "files": {name: _sha256(tmp / name) for name in files},
+            "members": len(model.members) if isinstance(model, EnsembleCallModel) else 1,
+            "smoother": None if smoother is None else smoother.state(),
         })
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
@@ -414,7 +446,8 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bu
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights}: not a safetensors file ({exc})") from None
-    model = build_call_model(cfg, d_in=int(meta["d_in"]), taxonomy=taxonomy)
+    members = [build_call_model(cfg, d_in=int(meta["d_in"]), taxonomy=taxonomy) for _ in range(int(meta.get("members", 1)))]
+    model = members[0] if len(members) == 1 else EnsembleCallModel(members)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -427,5 +460,7 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bu
         if not (folder / ENCODER_FILE).is_file():
             raise BundleError(f"{folder / ENCODER_FILE}: missing (the bundle says its model embeds audio)")
         encoder_info = _read_json(folder / ENCODER_FILE)
+    smoother = PosteriorSmoother.from_state(meta["smoother"], taxonomy) if meta.get("smoother") else None
     return Bundle(path=folder, cfg=cfg, taxonomy=taxonomy, model=model, thresholds=thresholds, meta=meta,
-                  versions=_read_json(folder / VERSIONS_FILE), encoder_info=encoder_info, device=device)
+                  versions=_read_json(folder / VERSIONS_FILE), encoder_info=encoder_info, device=device,
+                  smoother=smoother)

@@ -54,8 +54,8 @@ class LiveSession:
         check_live_capable(self.bundle)
         cfg = self.bundle.cfg
         window = int(cfg.context.window)
-        if cfg.context.kind == "identity":
-            window = 1  # isolated segments: nothing before them matters
+        if cfg.context.kind in ("identity", "smooth"):
+            window = 1  # isolated segments (smooth: the smoother keeps the call's history itself)
         elif window <= 0:
             warnings.warn(f"{self.bundle.path}: context.window=0, so live scoring keeps the whole call as context "
                           "and the cost per segment grows with the call; train with context.window=N to bound it",
@@ -68,6 +68,7 @@ class LiveSession:
     def reset(self) -> None:
         """Forget the call: the next push starts a new one."""
         self._tokens: deque = deque(maxlen=self.window if self.window > 0 else None)
+        self._isolated: List[tuple] = []  # (p_negative, p_fine) of every caller segment so far (the smoother's input)
         self._positions = 0  # segments that entered the context so far (the next one's position)
         self._last_context_end: Optional[float] = None
         self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
@@ -155,7 +156,15 @@ class LiveSession:
                              time_feats=np.stack(times).astype(np.float32), device=self.bundle.device)
         logits = self.bundle.model(inputs)
         p_negative, p_fine = self.bundle.model.probabilities(logits)
-        return float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
+        p_negative, p_fine = float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
+        if self.bundle.smoother is None:
+            return p_negative, p_fine
+        # The smoothing route, causal: the forward pass over the call's caller segments so far gives the
+        # last one's posterior exactly as the offline forward-backward pass would give it at the call's end.
+        self._isolated.append((p_negative, p_fine))
+        neg, fine = self.bundle.smoother.smooth_call(np.array([p for p, _ in self._isolated]),
+                                                     np.stack([f for _, f in self._isolated]), causal=True)
+        return float(neg[-1]), fine[-1]
 
     # ------------------------------------------------------------------ the call so far
 

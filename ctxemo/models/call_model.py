@@ -31,11 +31,12 @@ class CallModel(nn.Module):
     def __init__(self, *, d_in: int, num_labels: int, negative_mask: torch.Tensor, multilabel: bool,
                  context_kind: str = "transformer", d_model: int = 64, depth: int = 2, heads: int = 4,
                  dropout: float = 0.1, attention_dropout: float = 0.0, causal: bool = False, use_time: bool = True,
-                 binary_from: str = "head", head_dropout: float = 0.1, fine_given_negative: bool = False):
+                 binary_from: str = "head", head_dropout: float = 0.1, fine_given_negative: bool = False,
+                 residual: bool = False):
         super().__init__()
         self.context = ContextModel(d_in=d_in, kind=context_kind, d_model=d_model, depth=depth, heads=heads,
                                     dropout=dropout, attention_dropout=attention_dropout, causal=causal,
-                                    use_time=use_time)
+                                    use_time=use_time, residual=residual)
         self.binary_head = BinaryHead(d_model=d_model, dropout=head_dropout)
         self.fine_head = FineHead(d_model=d_model, num_labels=num_labels, dropout=head_dropout)
         self.register_buffer("negative_mask", negative_mask.bool(), persistent=False)
@@ -61,6 +62,9 @@ class CallModel(nn.Module):
     def probabilities(self, logits: SegmentLogits) -> Tuple[torch.Tensor, torch.Tensor]:
         """(p_negative [...], p_fine [..., c]) of each segment: what scoring, bundles and live sessions report."""
         p_negative = torch.sigmoid(logits.binary)
+        if self.binary_from == "mean":
+            from_fine = binary_logit_from_fine(logits.fine, negative_mask=self.negative_mask, multilabel=self.multilabel)
+            p_negative = 0.5 * (p_negative + torch.sigmoid(from_fine))
         p_fine = fine_probabilities(logits.fine, multilabel=self.multilabel)
         if self.fine_given_negative:
             p_fine = p_fine * p_negative[..., None]
@@ -158,6 +162,7 @@ def build_call_model(cfg, *, d_in: int, taxonomy, fine_bias: Optional[torch.Tens
         causal=cfg.context.causal,
         use_time=cfg.context.use_time, binary_from=cfg.head.binary_from, head_dropout=cfg.head.dropout,
         fine_given_negative=cfg.head.fine_on_negative_only and cfg.head.binary_from == "head",
+        residual=bool(cfg.context.residual),
     )
     model.fine_head.init_bias(fine_bias)
     if train_stats is not None:

@@ -2,12 +2,17 @@
 
 Legend: b = calls in a batch, s = segments of a call, d = model width, h = attention heads.
 
-Three arms share one module so the ablation measures context and nothing else:
-- `identity`  (isolated): each segment attends only to itself. The blocks, widths and heads are
-  the same as the contextual arm, so parameter count is equal; no position/time/role input.
-- `call_norm`: like identity, but each segment also sees itself relative to the mean of its
-  call's segments of the same role (a running mean when causal) - the caller's own baseline.
-- `transformer`: full attention over the call (or causal), plus position, timing and role.
+The arms share one module so the ablation measures context and nothing else:
+- `identity`  (isolated): each segment attends only to itself; no position/time/role input.
+- `call_norm`: like identity, but each segment also sees itself standardised within its call's
+  segments of the same role (mean and scale; running statistics when causal) - the caller's baseline.
+- `transformer`: full attention over the call (or causal), plus position, timing and role. With
+  `residual` (the default) it is the isolated path plus a context correction: h = h_iso + g * c, where
+  h_iso is exactly the identity arm's stack, c a transformer over h_iso with position, timing and role,
+  and the gate g starts at 0. At initialisation the arm *is* the isolated arm (same weights, drawn from
+  the same seed), so on little data context has to earn its weight instead of starting worse.
+- `smooth` uses the identity stack here; the smoothing over neighbouring segments' probabilities is
+  fitted after training (ctxemo.training.smoothing).
 """
 from __future__ import annotations
 
@@ -78,33 +83,39 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-def call_mean_offsets(x: torch.Tensor, *, seg_mask: torch.Tensor, role: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Each segment minus the mean of its call's valid segments of the same role.
+# Prior segments' worth of unit variance mixed into a call's variance: a call of a few segments has a
+# noisy scale, and a one-segment call none at all (its standardised value is then 0, not a division by 0).
+CALL_VAR_PRIOR = 1.0
+
+
+def call_standardised(x: torch.Tensor, *, seg_mask: torch.Tensor, role: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Each segment standardised within its call's valid segments of the same role: (x - mean) / scale.
+
+    The scale is shrunk towards 1 (the inputs are already standardised over the training fold) by
+    CALL_VAR_PRIOR pseudo-segments, so short calls are not blown up.
 
     Args:
         x: [b, s, d] embeddings; seg_mask: [b, s] bool valid; role: [b, s] long.
-        causal: use the running mean over segments up to and including this one (live use).
+        causal: running statistics over segments up to and including this one (live use).
     Returns:
-        [b, s, d] offsets from the (running) call mean.
+        [b, s, d]; 0 at padded segments.
     """
     out = torch.zeros_like(x)
     for role_id in range(NUM_ROLES):
         member = (seg_mask & (role == role_id)).to(x.dtype)[..., None]  # [b, s, 1]
-        if causal:
-            total = torch.cumsum(x * member, dim=1)
-            count = torch.cumsum(member, dim=1)
-        else:
-            total = (x * member).sum(dim=1, keepdim=True)
-            count = member.sum(dim=1, keepdim=True)
-        mean = total / count.clamp(min=1.0)
-        out = out + member * (x - mean)
+        reduce = (lambda v: torch.cumsum(v, dim=1)) if causal else (lambda v: v.sum(dim=1, keepdim=True))
+        count = reduce(member)
+        mean = reduce(x * member) / count.clamp(min=1.0)
+        var = (reduce(x * x * member) / count.clamp(min=1.0) - mean ** 2).clamp(min=0.0)
+        var = (count * var + CALL_VAR_PRIOR) / (count + CALL_VAR_PRIOR)
+        out = out + member * (x - mean) / var.sqrt()
     return out
 
 
 def attention_rule(*, kind: str, seg_mask: torch.Tensor, causal: bool) -> Optional[torch.Tensor]:
     """[b, s, s] bool: which key segments each query segment may attend to; None = itself only."""
     if kind != "transformer":
-        return None  # isolated and call_norm arms: no mixing across segments
+        return None  # isolated, call_norm and smooth arms: no mixing across segments
     b, s = seg_mask.shape
     eye = torch.eye(s, dtype=torch.bool, device=seg_mask.device)[None].expand(b, s, s)
     allowed = seg_mask[:, None, :].expand(b, s, s)
@@ -123,16 +134,18 @@ class ContextModel(nn.Module):
 
     def __init__(self, *, d_in: int, kind: str = "transformer", d_model: int = 64, depth: int = 2,
                  heads: int = 4, dropout: float = 0.1, attention_dropout: float = 0.0, causal: bool = False,
-                 use_time: bool = True):
+                 use_time: bool = True, residual: bool = False):
         super().__init__()
         if kind not in CONTEXT_KINDS:
             raise ValueError(f"context kind {kind!r} not in {CONTEXT_KINDS}")
         self.kind, self.causal, self.use_time, self.d_model = kind, causal, use_time, d_model
+        self.residual = residual and kind == "transformer"
         # Inputs are standardised per feature with training-fold statistics (set_feature_stats).
         # No LayerNorm here: normalising across a segment's features would erase its overall level.
         self.register_buffer("feat_mean", torch.zeros(d_in))
         self.register_buffer("feat_std", torch.ones(d_in))
-        # call_norm sees [x, x - call mean]: the absolute embedding and its offset from the baseline.
+        # call_norm sees [x, x standardised within the call]: the absolute embedding and where it stands
+        # against the caller's own baseline.
         self.in_proj = nn.Linear(d_in * (2 if kind == "call_norm" else 1), d_model)
         self.role_emb = nn.Embedding(NUM_ROLES, d_model)
         self.time_proj = nn.Linear(2, d_model)
@@ -140,6 +153,18 @@ class ContextModel(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model=d_model, heads=heads, dropout=dropout,
                                           attention_dropout=attention_dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(d_model)
+        self.correction = None
+        if self.residual:
+            # Drawn from a forked RNG: the isolated part above, the heads built after it and the training
+            # batches see the same random stream as in the identity arm, so the two start identical.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.initial_seed()) + 1)
+                self.correction = nn.ModuleDict({
+                    "blocks": nn.ModuleList(Block(d_model=d_model, heads=heads, dropout=dropout,
+                                                  attention_dropout=attention_dropout) for _ in range(depth)),
+                    "norm": nn.LayerNorm(d_model),
+                })
+            self.gate = nn.Parameter(torch.zeros(()))
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise inputs with statistics of the training fold (never of the test fold)."""
@@ -151,15 +176,30 @@ class ContextModel(nn.Module):
                 position: torch.Tensor, time_feats: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = (x - self.feat_mean) / self.feat_std
         if self.kind == "call_norm":
-            x = torch.cat([x, call_mean_offsets(x, seg_mask=seg_mask, role=role, causal=self.causal)], dim=-1)
+            x = torch.cat([x, call_standardised(x, seg_mask=seg_mask, role=role, causal=self.causal)], dim=-1)
         h = self.in_proj(x)
-        if self.kind == "transformer":
-            # Order, timing and who speaks are context: only the contextual arm receives them.
-            h = h + sinusoidal(position, self.d_model) + self.role_emb(role)
-            if self.use_time and time_feats is not None:
-                h = h + self.time_proj(time_feats)
-        h = self.in_drop(h)
         attend = attention_rule(kind=self.kind, seg_mask=seg_mask, causal=self.causal)
+        if self.residual:
+            return self._isolated_plus_correction(h, attend, role=role, position=position, time_feats=time_feats)
+        if self.kind == "transformer":
+            h = h + self._context_inputs(role=role, position=position, time_feats=time_feats)
+        h = self.in_drop(h)
         for block in self.blocks:
             h = block(h, attend)
         return self.norm(h)
+
+    def _context_inputs(self, *, role, position, time_feats) -> torch.Tensor:
+        """Order, timing and who speaks are context: only the contextual arm receives them."""
+        extra = sinusoidal(position, self.d_model) + self.role_emb(role)
+        if self.use_time and time_feats is not None:
+            extra = extra + self.time_proj(time_feats)
+        return extra
+
+    def _isolated_plus_correction(self, h, attend, *, role, position, time_feats) -> torch.Tensor:
+        iso = self.in_drop(h)
+        for block in self.blocks:
+            iso = block(iso, None)  # the identity arm's stack, segment by segment
+        c = iso + self._context_inputs(role=role, position=position, time_feats=time_feats)
+        for block in self.correction["blocks"]:
+            c = block(c, attend)
+        return self.norm(iso + self.gate * self.correction["norm"](c))

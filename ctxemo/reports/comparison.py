@@ -14,6 +14,7 @@ from ctxemo.reports import plots
 from ctxemo.reports.run_folder import (
     BOOTSTRAP_HEADING,
     N_BOOT,
+    POOLED_METRICS,
     TOP_PAIRS,
     Pooled,
     _read_config,
@@ -28,9 +29,11 @@ from ctxemo.reports.run_folder import (
     fold_summary,
     load_predictions,
     pair_counts,
+    pooled_metrics,
 )
 from ctxemo.reports.tables import (
     comparison_markdown,
+    markdown_table,
     print_comparison,
     write_csv,
     write_summary_tables,
@@ -73,8 +76,12 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     arms = list(result["arms"])
     folds = _common_folds(run_dir, arms)
     boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds)
-    result = dict(result, bootstrap=boot)
+    pooled = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}
+    pooled = {arm: pooled_metrics(p) for arm, p in pooled.items() if p is not None}
+    result = dict(result, bootstrap=boot, pooled=pooled)
     write_json(run_dir / "summary.json", result)
+    if pooled:
+        log(pooled_text(pooled))
     md_path = run_dir / "summary.md"
     previous = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
     previous = previous.split(BOOTSTRAP_HEADING)[0].rstrip("\n")
@@ -92,6 +99,12 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
                                 reference=result["reference"], folds=folds):
             log(f"wrote {path}")
     return result
+
+
+def pooled_text(pooled: Dict[str, Dict[str, float]]) -> str:
+    """The pooled out-of-fold table (per arm: binary F1, AUROC, fine weighted F1, in %)."""
+    rows = [[arm, *(f"{100 * m[k]:.2f}" for k in POOLED_METRICS)] for arm, m in pooled.items()]
+    return "pooled out-of-fold predictions:\n" + markdown_table(["arm", *POOLED_METRICS], rows)
 
 
 def _common_folds(run_dir: Path, arms: Sequence[str]) -> List[int]:

@@ -10,7 +10,7 @@ from typing import Dict, List
 
 from omegaconf import DictConfig, OmegaConf
 
-from ctxemo.config import load_config
+from ctxemo.config import BASELINES, load_config
 from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
 from ctxemo.reports.comparison import finish_comparison, write_comparison
@@ -21,17 +21,26 @@ from ctxemo.training import distributed
 
 def arms_from_config(cfg: DictConfig) -> Dict[str, List[str]]:
     arms = {name: list(overrides) for name, overrides in cfg.ablation.arms.items()}
-    if len(arms) < 2:
-        raise ConfigError("config key 'ablation.arms' needs at least two arms (name: [key=value, ...])")
+    if not arms:
+        raise ConfigError("config key 'ablation.arms' is empty: give at least one arm (name: [key=value, ...])")
     reference = cfg.ablation.reference or next(iter(arms))
     if reference not in arms:
         raise ConfigError(f"config key 'ablation.reference' = {reference!r} is not an arm; arms: {list(arms)}")
+    # The baselines run on the reference arm's settings (same data, folds, inner protocol, thresholds).
+    for name in cfg.ablation.baselines:
+        if name not in arms:
+            arms[name] = [*arms[reference], *BASELINES[name]]
+    if len(arms) < 2:
+        raise ConfigError("config key 'ablation.arms' needs at least two arms (name: [key=value, ...]), "
+                          "counting the baselines of 'ablation.baselines'")
     return arms
 
 
 def _data_key(cfg: DictConfig) -> str:
     """Arms that agree on data and encoder share one loaded corpus (and one embedding pass)."""
-    return OmegaConf.to_yaml(OmegaConf.create({"data": cfg.data, "encoder": cfg.encoder, "seed": cfg.seed}))
+    # End-to-end arms load no embeddings (the encoder trains on the audio); every other mode needs them.
+    return OmegaConf.to_yaml(OmegaConf.create({"data": cfg.data, "encoder": cfg.encoder, "seed": cfg.seed,
+                                               "embeddings": cfg.train.mode != "end_to_end"}))
 
 
 def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=print) -> Dict:

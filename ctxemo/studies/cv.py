@@ -12,14 +12,13 @@ import numpy as np
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from ctxemo.data.datasets import CallItem, build_call_items
+from ctxemo.data.datasets import build_call_items
 from ctxemo.data.manifest import Manifest
 from ctxemo.data.splits import (
     fold_prevalence,
     load_folds,
     make_folds,
     save_folds,
-    split_inner,
 )
 from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.evaluation.evaluate import HEADLINE, decision_thresholds, evaluate, headline
@@ -30,8 +29,7 @@ from ctxemo.io import atomic_path, read_json, write_json
 from ctxemo.reports.tables import write_predictions, write_summary_tables
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training import distributed
-from ctxemo.training.objective import build_objective
-from ctxemo.training.trainers import trainer
+from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
 
 # ----------------------------------------------------------------------------- folds
 
@@ -49,46 +47,40 @@ def get_folds(manifest: Manifest, path: Path, *, n_folds: int, seed: int) -> Lis
 # ----------------------------------------------------------------------------- one fold
 
 
-def fold_items(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray) -> Dict[str, List[CallItem]]:
-    """Calls of the fold: "fit" and "val" (caller-disjoint, both from the training folds) and "test"."""
-    manifest = data.manifest
-    train_rows = np.setdiff1d(np.arange(len(manifest)), test_rows)
-    fit_rows, val_rows = split_inner(manifest, train_rows, val_fraction=cfg.cv.inner_val_fraction,
-                                     seed=cfg.seed + fold)
-    return {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=cfg.data.use_operator_turns)
-            for name, rows in (("fit", fit_rows), ("val", val_rows), ("test", test_rows))}
-
-
 def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndarray, fold_dir: Path,
              progress: bool = True) -> Dict:
-    """Train on the other folds' callers (inner split for early stopping), tune thresholds on the inner
-    validation callers, then score the test fold once. Writes metrics.json, predictions.csv, model."""
+    """Train on the other folds' callers (inner validation for early stopping: one split or cross-fitting,
+    see ctxemo.training.crossfit), tune thresholds on the inner out-of-fold predictions, then score the
+    test fold once. Writes metrics.json, predictions.csv, model.safetensors (and smoother.json)."""
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
-    items = fold_items(cfg, data, fold=fold, test_rows=test_rows)
-    objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
-    result, score, _ = trainer(cfg)(cfg, data, items, taxonomy=taxonomy, objective=objective, fine_bias=fine_bias, fold=fold,
-                             fold_dir=fold_dir, progress=progress)
-    val_scores = score(items["val"])
-    thresholds = decision_thresholds(val_scores, taxonomy, tune=cfg.cv.tune_thresholds)
+    train_rows = np.setdiff1d(np.arange(len(manifest)), test_rows)
+    model = train_fold_model(cfg, data, train_rows, taxonomy=taxonomy, fold=fold, fold_dir=fold_dir,
+                             progress=progress)
+    thresholds = decision_thresholds(model.oof, taxonomy, tune=cfg.cv.tune_thresholds)
     binary_threshold, fine_thresholds = thresholds.binary, thresholds.fine
-    test_scores = score(items["test"])
+    test_calls = build_call_items(manifest, data.feats, rows=test_rows, use_operator_turns=cfg.data.use_operator_turns)
+    test_scores = model.score(test_calls)
     metrics = evaluate(test_scores, taxonomy=taxonomy, binary_threshold=binary_threshold,
                        fine_thresholds=fine_thresholds)
-    metrics.update(fold=fold, best_epoch=result.best_epoch, epochs_run=len(result.history),
-                   n_fit_calls=len(items["fit"]), n_val_calls=len(items["val"]), n_test_calls=len(items["test"]),
+    metrics.update(fold=fold, **model.info, n_test_calls=len(test_calls),
                    thresholds={"binary": binary_threshold,
                                "fine": None if fine_thresholds is None else list(map(float, fine_thresholds))})
     if not distributed.is_main():  # every rank scored the full sets; rank 0 writes them
         return metrics
     fold_dir.mkdir(parents=True, exist_ok=True)
+    states = [m.result.state_dict for m in model.members]
+    weights = states[0] if len(states) == 1 else {f"member{i}.{k}": v for i, s in enumerate(states) for k, v in s.items()}
     with atomic_path(fold_dir / "model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    if model.smoother is not None:
+        write_json(fold_dir / "smoother.json", model.smoother.state())
     write_predictions(fold_dir / "predictions.csv", test_scores, manifest=manifest, fold=fold,
                       binary_threshold=binary_threshold, fine_thresholds=fine_thresholds)
-    write_json(fold_dir / "history.json", result.history)
+    histories = [m.result.history for m in model.members]
+    write_json(fold_dir / "history.json", histories[0] if len(histories) == 1 else histories)
     # metrics.json last: its presence marks the fold finished (a resumed run skips it).
     write_json(fold_dir / "metrics.json", metrics)
-    (fold_dir / "checkpoint.pt").unlink(missing_ok=True)  # no longer needed once the fold is done
+    discard_checkpoints(fold_dir)  # no longer needed once the fold is done
     return metrics
 
 

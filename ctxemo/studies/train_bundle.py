@@ -11,10 +11,9 @@ from typing import Dict
 import numpy as np
 from omegaconf import DictConfig
 
-from ctxemo.data.datasets import build_call_items
-from ctxemo.data.splits import split_inner
 from ctxemo.embedding.corpus import CorpusData, audio_specs, load_corpus
 from ctxemo.embedding.encode import EmbedSettings, as_audio_spec, read_segment
+from ctxemo.errors import ConfigError
 from ctxemo.evaluation.evaluate import decision_thresholds, evaluate
 from ctxemo.inference.bundle import (
     build_encoder,
@@ -22,10 +21,10 @@ from ctxemo.inference.bundle import (
     verify_rebuilt_embeddings,
 )
 from ctxemo.io import write_json
+from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.runinfo import start_run
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.training.objective import build_objective
-from ctxemo.training.trainers import trainer
+from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
 
@@ -44,43 +43,45 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
         CtxemoError: the rebuilt encoder does not reproduce the cached embeddings.
     """
     run_dir = Path(run_dir)
+    if cfg.train.mode in ("linear_probe", "prior"):
+        raise ConfigError(f"config key 'train.mode' = {cfg.train.mode!r} is a baseline for cv / ablate; "
+                          "`ctxemo train` builds a bundle from train.mode=two_stage or end_to_end")
+    end_to_end = cfg.train.mode == "end_to_end"
+    if end_to_end and (cfg.cv.inner_folds >= 2 or cfg.train.ensemble > 1):
+        raise ConfigError("an end-to-end bundle holds one encoder: set cv.inner_folds=0 and train.ensemble=1 "
+                          "for `ctxemo train` in train.mode=end_to_end")
     start_run(run_dir, cfg, command="train")
     data = data if data is not None else load_corpus(cfg, progress=progress)
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
-    fit_rows, val_rows = split_inner(manifest, np.arange(len(manifest)), val_fraction=cfg.cv.inner_val_fraction,
-                                     seed=cfg.seed)
-    use_operator = cfg.data.use_operator_turns
-    items = {name: build_call_items(manifest, data.feats, rows=rows, use_operator_turns=use_operator)
-             for name, rows in (("fit", fit_rows), ("val", val_rows))}
-    objective, fine_bias = build_objective(cfg, train_items=items["fit"], taxonomy=taxonomy)
-    end_to_end = cfg.train.mode == "end_to_end"
-    # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller.
-    result, score, model = trainer(cfg)(cfg, data, items, taxonomy=taxonomy, objective=objective, fine_bias=fine_bias, fold=0,
-                                 fold_dir=run_dir, progress=progress)
-    val_scores = score(items["val"])
-    thresholds = decision_thresholds(val_scores, taxonomy, tune=cfg.cv.tune_thresholds)
-    val_metrics = evaluate(val_scores, taxonomy=taxonomy, binary_threshold=thresholds.binary,
+    # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller: the same inner
+    # protocol (one split, or cross-fitting with an ensemble of the inner models) and the same thresholds.
+    trained = train_fold_model(cfg, data, np.arange(len(manifest)), taxonomy=taxonomy, fold=0, fold_dir=run_dir,
+                               progress=progress)
+    thresholds = decision_thresholds(trained.oof, taxonomy, tune=cfg.cv.tune_thresholds)
+    val_metrics = evaluate(trained.oof, taxonomy=taxonomy, binary_threshold=thresholds.binary,
                            fine_thresholds=thresholds.fine)
     if not cfg.data.features and not end_to_end:
         _verify_encoder(cfg, data)
-    info: Dict = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                  "n_fit_calls": len(items["fit"]), "n_val_calls": len(items["val"]),
-                  "inner_val_binary_f1": val_metrics["binary"].get("f1")}
-    model.cpu()
+    info: Dict = {**trained.info, "inner_val_binary_f1": val_metrics["binary"].get("f1")}
+    models = [m.model.cpu() for m in trained.members]
     # End-to-end: the bundle carries the encoder's trained weights (adapters, pooling) next to the context model.
-    call_model, encoder = (model.call_model, model.encoder) if end_to_end else (model, None)
-    bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=call_model, thresholds=thresholds,
+    encoder = models[0].encoder if end_to_end else None
+    call_models = [m.call_model if end_to_end else m for m in models]
+    model = call_models[0] if len(call_models) == 1 else EnsembleCallModel(call_models)
+    bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=model, thresholds=thresholds,
                          d_in=encoder.output_dim if end_to_end else data.feats.shape[1], encoder=encoder,
-                         time_features_used=_has_timing(data, fit_rows), train_info=info)
-    write_json(run_dir / "history.json", result.history)
+                         time_features_used=_has_timing(data, np.arange(len(manifest))), train_info=info,
+                         smoother=trained.smoother)
+    histories = [m.result.history for m in trained.members]
+    write_json(run_dir / "history.json", histories[0] if len(histories) == 1 else histories)
     # Inner-validation figures: what early stopping and thresholds saw; not an estimate of test performance.
     write_json(run_dir / "metrics.json", {"split": "inner_validation", **val_metrics, **info,
                                           "thresholds": {"binary": thresholds.binary,
                                                          "fine": None if thresholds.fine is None
                                                          else [float(v) for v in thresholds.fine]}})
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    log(f"bundle written to {bundle} (best epoch {result.best_epoch}, inner-validation binary F1 "
-        f"{val_metrics['binary'].get('f1', float('nan')):.3f})")
+    discard_checkpoints(run_dir)
+    log(f"bundle written to {bundle} (best epoch {info['best_epoch']}, {len(models)} model(s), inner-validation "
+        f"binary F1 {val_metrics['binary'].get('f1', float('nan')):.3f})")
     return bundle
 
 
