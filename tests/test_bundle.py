@@ -46,7 +46,9 @@ def test_round_trip_scores_like_the_saved_model(tmp_path):
         logits = forward_windowed(model, call_inputs(feats, roles=roles, positions=np.arange(11),
                                                      time_feats=time_features(start, end)), window=4)
     caller = np.array([r == "caller" for r in roles])
-    np.testing.assert_allclose(scores.p_negative[caller], torch.sigmoid(logits.binary[0]).numpy()[caller], atol=1e-6)
+    p_negative, p_fine = model.probabilities(logits)
+    np.testing.assert_allclose(scores.p_negative[caller], p_negative[0].numpy()[caller], atol=1e-6)
+    np.testing.assert_allclose(scores.p_fine[caller], p_fine[0].numpy()[caller], atol=1e-6)
     assert np.isnan(scores.p_negative[~caller]).all() and np.isnan(scores.p_fine[~caller]).all()
 
 

@@ -219,3 +219,30 @@ def test_bundle_of_a_cross_fitted_smooth_arm_scores_like_its_members_and_live_li
     session = LiveSession(bundle)
     live = [session.push_embedding(f, duration_sec=1.0)["p_negative"] for f in feats]
     np.testing.assert_allclose(live, want_neg, atol=1e-5)  # causal: the last value of each prefix is final
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_training_units_are_the_scoring_windows(features_config, tmp_path, monkeypatch, window):
+    """With context.window > 0 the context stage trains on windows of that many segments (what validation,
+    test, predict and live score), not on whole calls; with 0, on whole calls."""
+    from ctxemo.training import trainers
+
+    seen = {}
+    real_fit = trainers.fit
+
+    def spy(model, **kwargs):
+        units = kwargs["epoch_items"](torch.Generator().manual_seed(0)) if kwargs.get("epoch_items") else kwargs["train_items"]
+        seen["lengths"] = [len(u.rows) for u in units]
+        seen["calls"] = max(len(it.rows) for it in kwargs["train_items"])
+        return real_fit(model, **kwargs)
+
+    monkeypatch.setattr(trainers, "fit", spy)
+    cfg = load_config([features_config], [f"context.window={window}", "cv.inner_folds=0", "train.epochs=1",
+                                          "cv.folds=2", "cv.only_folds=[0]"])
+    from ctxemo.studies.cv import run_cv
+
+    run_cv(cfg, tmp_path / "cv", progress=False)
+    if window:
+        assert max(seen["lengths"]) == window < seen["calls"]
+    else:
+        assert max(seen["lengths"]) == seen["calls"]
