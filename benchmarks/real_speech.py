@@ -63,12 +63,16 @@ def classic_references(corpus: str) -> Dict[str, Dict[str, float]]:
 
 def run_one(corpus: str, path: str, seed: int, out: Path, extra: Sequence[str], quiet: bool) -> Dict[str, Dict]:
     """One `ctxemo ablate` run; returns {arm: pooled out-of-fold metrics}."""
-    from ctxemo.cli import main
+    from ctxemo.cli import (
+        main,  # imported here: `--help` and the reference figures need no torch
+    )
 
     run_dir = out / corpus / path / f"seed{seed}"
     argv = ["ablate", str(CONFIG), "--out", str(run_dir), f"data.manifest={REALSPEECH / f'{corpus}.csv'}",
             f"seed={seed}", f"out_dir={out}", *PATHS[path](corpus), *extra]
-    main(argv + (["--quiet"] if quiet else []))
+    rc = main(argv + (["--quiet"] if quiet else []))
+    if rc != 0:  # ctxemo printed why (a bad override names its key); finished arm-folds stay for a rerun
+        sys.exit(f"[real_speech] ctxemo ablate failed (exit {rc}) for {corpus} / {path} / seed {seed}")
     return json.loads((run_dir / "summary.json").read_text())["pooled"]
 
 
@@ -124,9 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     text = table(results, references)
     print(f"\n{text}\n\noverrides: {' '.join(extra) or '(none: the shipped defaults)'}; "
           f"{time.perf_counter() - started:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    from ctxemo.io import write_json
+
     report = {"results": results, "references": references, "overrides": extra, "seeds": args.seeds}
-    (args.out / "results.json").write_text(json.dumps(report, indent=1))
+    write_json(args.out / "results.json", report)  # atomic: a killed run never leaves half a file
     return report
 
 

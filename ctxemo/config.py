@@ -189,7 +189,8 @@ def parse_layers(layers: Union[str, int]) -> Union[str, int]:
 
 
 # Baseline arms an ablation adds (ablation.baselines): name -> the overrides that make the arm.
-BASELINES: Dict[str, List[str]] = {"linear_probe": ["train.mode=linear_probe"], "prior": ["train.mode=prior"]}
+BASELINE_MODES = ("linear_probe", "prior")  # train.mode values that are baselines (training.baselines)
+BASELINES: Dict[str, List[str]] = {mode: [f"train.mode={mode}"] for mode in BASELINE_MODES}
 
 # Closed sets of values, checked after every merge (a typo must not silently pick a default).
 ENCODER_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")  # models.backbones.FAMILIES
@@ -204,7 +205,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "context.kind": CONTEXT_KINDS,
     "head.binary_from": ("head", "fine", "mean"),
     "loss.kind": LOSS_KINDS,
-    "train.mode": ("two_stage", "end_to_end", "linear_probe", "prior"),
+    "train.mode": ("two_stage", "end_to_end", *BASELINE_MODES),
     "train.device": ("auto", "cpu", "cuda"),
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
 }

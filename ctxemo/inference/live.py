@@ -68,7 +68,7 @@ class LiveSession:
     def reset(self) -> None:
         """Forget the call: the next push starts a new one."""
         self._tokens: deque = deque(maxlen=self.window if self.window > 0 else None)
-        self._isolated: List[tuple] = []  # (p_negative, p_fine) of every caller segment so far (the smoother's input)
+        self._smoothing_state = None  # the smoother's filtered posteriors after the last caller segment
         self._positions = 0  # segments that entered the context so far (the next one's position)
         self._last_context_end: Optional[float] = None
         self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
@@ -159,12 +159,11 @@ class LiveSession:
         p_negative, p_fine = float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
         if self.bundle.smoother is None:
             return p_negative, p_fine
-        # The smoothing route, causal: the forward pass over the call's caller segments so far gives the
-        # last one's posterior exactly as the offline forward-backward pass would give it at the call's end.
-        self._isolated.append((p_negative, p_fine))
-        neg, fine = self.bundle.smoother.smooth_call(np.array([p for p, _ in self._isolated]),
-                                                     np.stack([f for _, f in self._isolated]), causal=True)
-        return float(neg[-1]), fine[-1]
+        # The smoothing route, causal: one forward step per caller segment gives its posterior exactly as
+        # the offline forward-backward pass gives the last segment of a call.
+        self._smoothing_state, p_negative, p_fine = self.bundle.smoother.filter_step(self._smoothing_state,
+                                                                                     p_negative, p_fine)
+        return p_negative, p_fine
 
     # ------------------------------------------------------------------ the call so far
 

@@ -75,9 +75,10 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     run_dir = Path(run_dir)
     arms = list(result["arms"])
     folds = _common_folds(run_dir, arms)
-    boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds)
-    pooled = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}
-    pooled = {arm: pooled_metrics(p) for arm, p in pooled.items() if p is not None}
+    predictions = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}  # read once, used twice
+    boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds,
+                                pooled=predictions)
+    pooled = {arm: pooled_metrics(p) for arm, p in predictions.items() if p is not None}
     result = dict(result, bootstrap=boot, pooled=pooled)
     write_json(run_dir / "summary.json", result)
     if pooled:

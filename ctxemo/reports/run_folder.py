@@ -255,15 +255,16 @@ def bootstrap_arm(ref: Pooled, arm: Pooled, groups: np.ndarray, *, n_boot: int =
 # ----------------------------------------------------------------------------- ablation comparison
 
 def bootstrap_comparison(run_dir: Path, arms: Sequence[str], *, reference: str, n_boot: int = N_BOOT,
-                         seed: int = 0, folds: Optional[Sequence[int]] = None) -> Dict:
+                         seed: int = 0, folds: Optional[Sequence[int]] = None,
+                         pooled: Optional[Dict[str, Optional[Pooled]]] = None) -> Dict:
     """Paired caller-level bootstrap of every arm against `reference` on their pooled out-of-fold predictions.
 
     Returns:
         {"grouped_by", "n_boot", "seed", "metrics", "reference", "arms": {arm: {metric: {...}}}}; arms
-        without predictions are left out.
+        without predictions are left out. `pooled`: the arms' predictions if the caller already read them.
     """
     run_dir = Path(run_dir)
-    pooled = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}
+    pooled = pooled if pooled is not None else {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}
     result = {"reference": reference, "metrics": list(BOOTSTRAP_METRICS), "n_boot": n_boot, "seed": seed,
               "grouped_by": None, "arms": {}}
     ref = pooled.get(reference)

@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 from omegaconf import DictConfig
 
+from ctxemo.config import BASELINE_MODES
 from ctxemo.embedding.corpus import CorpusData, audio_specs, load_corpus
 from ctxemo.embedding.encode import EmbedSettings, as_audio_spec, read_segment
 from ctxemo.errors import ConfigError
@@ -43,7 +44,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
         CtxemoError: the rebuilt encoder does not reproduce the cached embeddings.
     """
     run_dir = Path(run_dir)
-    if cfg.train.mode in ("linear_probe", "prior"):
+    if cfg.train.mode in BASELINE_MODES:
         raise ConfigError(f"config key 'train.mode' = {cfg.train.mode!r} is a baseline for cv / ablate; "
                           "`ctxemo train` builds a bundle from train.mode=two_stage or end_to_end")
     end_to_end = cfg.train.mode == "end_to_end"

@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from ctxemo.data.datasets import CallItem
 from ctxemo.embedding.corpus import CorpusData
 from ctxemo.evaluation.scoring import SegmentScores
+from ctxemo.models.heads import binary_logit_from_fine
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training.loop import TrainedModel, TrainResult
 
@@ -35,8 +36,8 @@ def scored_arrays(calls: Sequence[CallItem]) -> Dict[str, np.ndarray]:
     return {"rows": pick("rows"), "feats": pick("feats"), "negative": pick("negative"), "fine": pick("fine")}
 
 
-def _scores(calls: Sequence[CallItem], p_negative: np.ndarray, p_fine: np.ndarray) -> SegmentScores:
-    arrays = scored_arrays(calls)
+def _scores(arrays: Dict[str, np.ndarray], p_negative: np.ndarray, p_fine: np.ndarray) -> SegmentScores:
+    """SegmentScores of the segments `scored_arrays` gave, with these probabilities."""
     return SegmentScores(arrays["rows"], p_negative.astype(np.float32), p_fine.astype(np.float32),
                          arrays["negative"].astype(np.int64), arrays["fine"].astype(np.int64))
 
@@ -59,11 +60,11 @@ def _binary_model(x: np.ndarray, y: np.ndarray):
 
 
 def negative_from_fine(p_fine: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
-    """P(negative) implied by fine-label probabilities (as models.heads.binary_logit_from_fine)."""
-    neg = np.asarray(taxonomy.negative_mask, bool)
-    if taxonomy.multilabel:
-        return 1.0 - np.prod(1.0 - p_fine[:, neg], axis=1)
-    return p_fine[:, neg].sum(1)
+    """P(negative) implied by fine-label probabilities: the neural heads' rule, fed the probabilities' logits."""
+    p = torch.as_tensor(np.clip(p_fine, 1e-7, 1 - 1e-7))
+    logits = torch.logit(p) if taxonomy.multilabel else torch.log(p)  # softmax(log p) = p
+    mask = torch.as_tensor(np.asarray(taxonomy.negative_mask, bool))
+    return torch.sigmoid(binary_logit_from_fine(logits, negative_mask=mask, multilabel=taxonomy.multilabel)).numpy()
 
 
 class LinearProbe:
@@ -115,20 +116,16 @@ class LinearProbe:
         return {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in state.items()}
 
 
-def _fit_arrays(items: Dict[str, List[CallItem]]) -> Dict[str, np.ndarray]:
-    return scored_arrays(items["fit"])
-
-
 def train_linear_probe(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallItem]], *, taxonomy: Taxonomy,
                        objective=None, fine_bias=None, fold: int = 0, fold_dir: Path = Path("."),
                        progress: bool = False) -> TrainedModel:
     """The linear probe on the fit calls' caller segments (validation calls are only scored, for thresholds)."""
-    fit = _fit_arrays(items)
+    fit = scored_arrays(items["fit"])
     probe = LinearProbe(taxonomy, str(cfg.head.binary_from)).fit(fit["feats"], fit["negative"], fit["fine"])
 
     def score(calls: Sequence[CallItem]) -> SegmentScores:
-        p_negative, p_fine = probe.predict(scored_arrays(calls)["feats"])
-        return _scores(calls, p_negative, p_fine)
+        arrays = scored_arrays(calls)
+        return _scores(arrays, *probe.predict(arrays["feats"]))
 
     return TrainedModel(TrainResult(best_epoch=0, best_metrics={}, state_dict=probe.state_dict()), score, None)
 
@@ -137,14 +134,15 @@ def train_prior(cfg: DictConfig, data: CorpusData, items: Dict[str, List[CallIte
                 objective=None, fine_bias=None, fold: int = 0, fold_dir: Path = Path("."),
                 progress: bool = False) -> TrainedModel:
     """The trivial predictor: the fit callers' prevalence of negative and of each fine label."""
-    fit = _fit_arrays(items)
+    fit = scored_arrays(items["fit"])
     p_neg = float(np.mean(fit["negative"] > 0)) if len(fit["negative"]) else 0.0
     fine = fit["fine"] if taxonomy.multilabel else fit["fine"][fit["fine"].sum(1) > 0]
     p_label = fine.mean(0) if len(fine) else np.zeros(taxonomy.num_labels)
 
     def score(calls: Sequence[CallItem]) -> SegmentScores:
-        n = len(scored_arrays(calls)["rows"])
-        return _scores(calls, np.full(n, p_neg), np.tile(p_label, (n, 1)))
+        arrays = scored_arrays(calls)
+        n = len(arrays["rows"])
+        return _scores(arrays, np.full(n, p_neg), np.tile(p_label, (n, 1)))
 
     state = {"p_negative": torch.tensor([p_neg]), "p_fine": torch.as_tensor(np.asarray(p_label, np.float32))}
     return TrainedModel(TrainResult(best_epoch=0, best_metrics={}, state_dict=state), score, None)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctxemo.data.datasets import CallItem, build_call_items
 from ctxemo.data.splits import caller_folds, rows_of_callers, split_inner
 from ctxemo.embedding.corpus import CorpusData
+from ctxemo.errors import ConfigError
 from ctxemo.evaluation.scoring import SegmentScores
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training.loop import TrainedModel
@@ -73,7 +74,8 @@ def inner_splits(cfg: DictConfig, data: CorpusData, train_rows: np.ndarray, *, s
     groups = [manifest.caller_id[r] for r in caller_rows]
     k = min(k, len(set(groups)))  # a fold with fewer callers than K: one caller per inner fold
     if k < 2:
-        raise ValueError("cross-fitting needs at least 2 training callers")
+        raise ConfigError(f"config key 'cv.inner_folds' = {cfg.cv.inner_folds}: cross-fitting needs at least 2 "
+                          "training callers, this fold has one; use cv.inner_folds=0")
     folds = caller_folds(groups, manifest.label_matrix()[caller_rows], n_folds=k, seed=seed)
     out = []
     for fold in folds:

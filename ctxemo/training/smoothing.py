@@ -57,6 +57,15 @@ def stay_probability(labels: np.ndarray, sequences: List[np.ndarray]) -> float:
     return float(max(0.0, (rate - q) / (1.0 - q))) if q < 1.0 else 0.0
 
 
+def forward_step(alpha: Optional[np.ndarray], probs: np.ndarray, prior: np.ndarray, stay: float) -> np.ndarray:
+    """The filtered posterior [c] of the next segment from the previous one's (None at the call's start)
+    and the segment's isolated probabilities [c]. T = stay I + (1 - stay) 1 p^T, so alpha T needs no matrix."""
+    emission = np.clip(probs, EPS, None) / prior
+    carried = prior if alpha is None else stay * alpha + (1.0 - stay) * prior
+    out = carried * emission
+    return out / out.sum()
+
+
 def forward_backward(probs: np.ndarray, prior: np.ndarray, stay: float, *, causal: bool) -> np.ndarray:
     """Posteriors [n, c] of one call's segments from isolated probabilities [n, c].
 
@@ -66,18 +75,14 @@ def forward_backward(probs: np.ndarray, prior: np.ndarray, stay: float, *, causa
     >>> int(forward_backward(p, np.array([0.5, 0.5]), 0.8, causal=False)[1].argmax())  # the middle one follows its call
     0
     """
-    c = probs.shape[1]
-    transition = stay * np.eye(c) + (1.0 - stay) * np.tile(prior, (c, 1))
-    emission = np.clip(probs, EPS, None) / prior
-    n = len(probs)
+    n, c = probs.shape
     alpha = np.empty((n, c))
-    alpha[0] = prior * emission[0]
-    alpha[0] /= alpha[0].sum()
-    for t in range(1, n):
-        alpha[t] = (alpha[t - 1] @ transition) * emission[t]
-        alpha[t] /= alpha[t].sum()
+    for t in range(n):
+        alpha[t] = forward_step(alpha[t - 1] if t else None, probs[t], prior, stay)
     if causal:
         return alpha
+    transition = stay * np.eye(c) + (1.0 - stay) * np.tile(prior, (c, 1))
+    emission = np.clip(probs, EPS, None) / prior
     beta = np.ones((n, c))
     for t in range(n - 2, -1, -1):
         beta[t] = transition @ (emission[t + 1] * beta[t + 1])
@@ -150,6 +155,22 @@ class PosteriorSmoother:
             p_negative[seq], p_fine[seq] = self.smooth_call(scores.p_negative[seq], scores.p_fine[seq])
         return SegmentScores(scores.rows, p_negative.astype(np.float32), p_fine.astype(np.float32),
                              scores.negative, scores.fine)
+
+    def filter_step(self, state: Optional[list], p_negative: float, p_fine: np.ndarray):
+        """Live scoring: (new state, p_negative, p_fine) of the call's next caller segment, from the state
+        after the previous one (None at the start). Equals the causal `smooth_call` at that position."""
+        state = state or [None, [None] * len(self.fine)]
+        neg = forward_step(state[0], _two_state(np.array([p_negative], float))[0], np.asarray(self.binary.prior),
+                           self.binary.stay)
+        p_fine = np.asarray(p_fine, float)
+        if self.taxonomy.multilabel:
+            fine_states = [forward_step(a, _two_state(p_fine[[j]])[0], np.asarray(chain.prior), chain.stay)
+                           for j, (a, chain) in enumerate(zip(state[1], self.fine))]
+            fine = np.array([s[1] for s in fine_states])
+        else:
+            fine_states = [forward_step(state[1][0], p_fine, np.asarray(self.fine[0].prior), self.fine[0].stay)]
+            fine = fine_states[0]
+        return [neg, fine_states], float(neg[1]), fine
 
     @classmethod
     def from_state(cls, state: Dict[str, object], taxonomy: Taxonomy) -> "PosteriorSmoother":

@@ -7,6 +7,7 @@ from typing import Callable, Dict, List
 import torch
 from omegaconf import DictConfig
 
+from ctxemo.config import BASELINE_MODES
 from ctxemo.data.datasets import CallItem
 from ctxemo.data.splits import callers_of, rows_of_callers
 from ctxemo.data.windows import epoch_windows
@@ -43,7 +44,7 @@ def train_two_stage(cfg: DictConfig, data: CorpusData, items: Dict[str, List[Cal
 
 def trainer(cfg: DictConfig) -> Callable[..., TrainedModel]:
     """The trainer of `train.mode` (all share one signature): two_stage, end_to_end, or a baseline."""
-    if cfg.train.mode in ("linear_probe", "prior"):
+    if cfg.train.mode in BASELINE_MODES:
         from ctxemo.training.baselines import train_linear_probe, train_prior
 
         return train_linear_probe if cfg.train.mode == "linear_probe" else train_prior
