@@ -40,7 +40,7 @@ class DataConfig:
     features: Optional[str] = None  # float32 .npy [N, D] aligned to manifest rows; skips the encoder
     sample_rate: int = 16000
     channel: int = -1  # -1 mixes channels down; k >= 0 picks channel k
-    min_segment_sec: float = 0.1  # shorter segments are zero-padded up to this length
+    min_segment_sec: float = 0.1  # shorter segments are zero-padded up to this and scored, on every path (data/short_segments.py)
     use_operator_turns: bool = False  # feed operator turns to the context stage (never scored)
 
 

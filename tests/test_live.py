@@ -106,3 +106,29 @@ def test_bad_pushes_fail_clearly(audio_bundle, audio, message):
     with pytest.raises(ValueError, match="role"):
         session.push(np.zeros(1000, np.float32), sample_rate=SR, role="counsellor")
     assert session.records == []
+
+
+def test_integer_pcm_is_scaled_by_its_range_or_refused(audio_bundle):
+    """int16 PCM scores as the same float audio (it used to be cast unscaled); an int64 array is refused."""
+    wave = (0.2 * np.sin(2 * np.pi * 180 * np.arange(SR) / SR)).astype(np.float32)
+    as_float = LiveSession(audio_bundle).push(wave, sample_rate=SR)["p_negative"]
+    pcm16 = np.round(wave * 32767).astype(np.int16)
+    assert LiveSession(audio_bundle).push(pcm16, sample_rate=SR)["p_negative"] == pytest.approx(as_float, abs=1e-4)
+    pcm32 = pcm16.astype(np.int32) << 16
+    assert LiveSession(audio_bundle).push(pcm32, sample_rate=SR)["p_negative"] == pytest.approx(as_float, abs=1e-4)
+    session = LiveSession(audio_bundle, call_id="c9")
+    with pytest.raises(AudioError, match=r"c9: push\(\): samples of type int64 have no known PCM scale"):
+        session.push(pcm16.astype(np.int64), sample_rate=SR)
+    assert session.records == []
+
+
+def test_a_turn_shorter_than_min_segment_is_padded_as_in_cv(audio_bundle):
+    """Live scores a 0.025-s turn exactly as the embedding cache would embed it: zero-padded to
+    data.min_segment_sec (the one rule of ctxemo.data.short_segments)."""
+    from ctxemo.data.short_segments import min_segment_samples
+
+    tiny = (0.1 * np.random.default_rng(3).standard_normal(int(0.025 * SR))).astype(np.float32)
+    padded = np.pad(tiny, (0, min_segment_samples(audio_bundle.cfg.data.min_segment_sec, SR) - len(tiny)))
+    a = LiveSession(audio_bundle).push(tiny, sample_rate=SR)
+    b = LiveSession(audio_bundle).push_embedding(audio_bundle.embed([padded])[0], start_sec=0.0, end_sec=0.025)
+    assert a["p_negative"] == pytest.approx(b["p_negative"], abs=1e-6) and a["duration"] == pytest.approx(0.025)

@@ -4,6 +4,7 @@ while the calls before (and after) it keep their outputs."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,18 +176,63 @@ def test_manifest_input_with_bad_rows(setup, tmp_path):
     summary = predict_manifest(setup["bundle"], path, tmp_path / "out")
     assert summary.calls == ["call0000", "call0001"]
     skipped = read_csv(tmp_path / "out" / "skipped.csv")
-    assert len(skipped) == 2 and "too short" in skipped[0]["reason"] and "not found" in skipped[1]["reason"]
+    assert len(skipped) == 1 and "not found" in skipped[0]["reason"]
     got = read_csv(tmp_path / "out" / "segments.csv")
-    assert len(got) == len(rows) - 2
+    assert len(got) == len(rows) - 1  # the 0.05-s row is scored (padded), as CV scores it
     assert [float(r["start"]) for r in got[:2]] == pytest.approx([float(r["start"]) for r in rows[:2]], abs=1e-3)
+    assert {r["roles"] for r in read_csv(tmp_path / "out" / "calls.csv")} == {"manifest"}
+
+
+def test_short_segment_is_scored_alike_by_cv_predict_and_live(setup, tmp_path):
+    """One rule for short segments: a 0.05-s caller turn gets the same p_negative from the cache's embedding
+    path (what embed/cv/train use), from `predict` on the manifest and from `predict --live`, and the
+    segments after it too."""
+    from ctxemo.embedding.encode import AudioSpec, EmbedSettings, encode_rows
+
+    bundle = setup["bundle"]
+    rows = [dict(r, audio=str(setup["turns"].parent / r["audio"]))
+            for r in read_csv(setup["turns"]) if r["call_id"] == "call0000"]
+    short = next(i for i, r in enumerate(rows) if r["role"] == "caller" and i > 0)
+    rows[short]["end"] = f"{float(rows[short]['start']) + 0.05:.6f}"
+    path = tmp_path / "manifest.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    roles = [r["role"] for r in rows]
+    start, end = (np.array([float(r[k]) for r in rows]) for k in ("start", "end"))
+    in_context = bundle.in_context(roles)
+    feats = np.zeros((len(rows), bundle.d_in), np.float32)
+    specs = [AudioSpec(path=Path(r["audio"]), start_sec=s, end_sec=e)
+             for r, s, e in zip(rows, start, end)]
+    feats[in_context] = encode_rows(EmbedSettings.from_config(bundle.cfg), bundle.encoder(),
+                                    [specs[i] for i in np.flatnonzero(in_context)])
+    cv_like = bundle.score_call(feats, roles=roles, start_sec=start, end_sec=end).p_negative
+    for live in (False, True):
+        out = tmp_path / f"out-live{live}"
+        summary = predict_manifest(bundle, path, out, live=live)
+        assert summary.skipped == [] and summary.calls == ["call0000"]
+        got = np.array([float(r["p_negative"]) if r["p_negative"] else np.nan for r in read_csv(out / "segments.csv")])
+        caller = np.array([r == "caller" for r in roles])
+        np.testing.assert_allclose(got[caller], cv_like[caller], atol=2e-6)
+        assert float(read_csv(out / "segments.csv")[short]["duration"]) == pytest.approx(0.05, abs=1e-3)
 
 
 def test_mono_recording_and_channel_map(setup, tmp_path):
     mono = write_call_recordings(setup["manifest"], tmp_path / "mono", call_ids=["call0002"], stereo=False, seed=1)
-    summary = predict_recordings(setup["bundle"], [mono.parent / "call0002.wav"], tmp_path / "m")
+    lines = []
+    summary = predict_recordings(setup["bundle"], [mono.parent / "call0002.wav"], tmp_path / "m", log=lines.append)
     assert summary.calls == ["call0002"]
     got = read_csv(tmp_path / "m" / "segments.csv")
     assert {r["role"] for r in got} == {"caller"} and len(got) == len([t for t in read_csv(mono) if t])
+    # Nothing tells caller from operator on one channel: the output and the console say so.
+    assert read_csv(tmp_path / "m" / "calls.csv")[0]["roles"].startswith("unknown (mono")
+    assert any("mono recording, roles unknown" in line for line in lines)
+    lines.clear()
+    predict_recordings(setup["bundle"], [mono.parent / "call0002.wav"], tmp_path / "m2", channels=["caller"],
+                       log=lines.append)  # told: no warning
+    assert read_csv(tmp_path / "m2" / "calls.csv")[0]["roles"] == "channels"
+    assert not any("roles unknown" in line for line in lines)
     swapped = predict_recordings(setup["bundle"], [setup["wavs"][2]], tmp_path / "s", channels=["operator", "caller"])
     assert swapped.calls == [setup["wavs"][2].stem]
     original = [r["role"] for r in read_csv(setup["turns"]) if r["call_id"] == setup["wavs"][2].stem]

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ctxemo.data.audio import audio_info
+from ctxemo.data.short_segments import min_segment_samples
 from ctxemo.device import resolve_device
 from ctxemo.models.frontend import pad_waves
 from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
@@ -140,9 +141,10 @@ def read_segment(settings: EmbedSettings, spec: AudioSpec) -> np.ndarray:
 
 
 def pad_segments(settings: EmbedSettings, waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`pad_waves` with the minimum segment length and the 0.25-s width grid."""
+    """`pad_waves` with the minimum segment length (the short-segment rule of `ctxemo.data.short_segments`)
+    and the 0.25-s width grid."""
     sr = settings.sample_rate
-    return pad_waves(waves, min_samples=max(int(round(settings.min_segment_sec * sr)), 1),
+    return pad_waves(waves, min_samples=min_segment_samples(settings.min_segment_sec, sr),
                      multiple=int(PAD_MULTIPLE_SEC * sr))
 
 

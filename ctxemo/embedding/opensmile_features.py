@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ctxemo.config import FEATURE_FAMILIES
+from ctxemo.data.short_segments import min_segment_samples
 from ctxemo.embedding.cache import (
     CACHE_FORMAT,
     _sha,
@@ -80,7 +81,7 @@ class OpenSmileExtractor:
         opensmile = require_opensmile()
         member, dim = _feature_set(feature_set)
         self.feature_set, self.sample_rate = feature_set, int(sample_rate)
-        self.min_samples = max(int(round(max(float(min_segment_sec), MIN_SEC) * self.sample_rate)), 1)
+        self.min_samples = min_segment_samples(max(float(min_segment_sec), MIN_SEC), self.sample_rate)
         self._smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, member),
                                       feature_level=opensmile.FeatureLevel.Functionals)
         self.output_dim = len(self._smile.feature_names)

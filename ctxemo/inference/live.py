@@ -18,6 +18,7 @@ import torch
 from ctxemo.data.audio import resample
 from ctxemo.data.datasets import call_inputs, time_features
 from ctxemo.data.manifest import ROLES
+from ctxemo.data.pcm import pcm_to_float
 from ctxemo.errors import AudioError, ConfigError
 from ctxemo.inference.bundle import Bundle, load_bundle
 from ctxemo.inference.outputs import segment_record, summarize_call
@@ -81,7 +82,9 @@ class LiveSession:
         """Score one finished segment.
 
         Args:
-            segment_audio: float [t] mono samples in [-1, 1] (one speaker's turn).
+            segment_audio: [t] mono samples of one speaker's turn: float in [-1, 1], or integer PCM
+                (int16/int32/int8/uint8, scaled by its type's range; other types are refused). A turn
+                shorter than data.min_segment_sec is zero-padded and scored (ctxemo.data.short_segments).
             sample_rate: its rate in Hz (resampled to the bundle's rate).
             role: "caller" (scored) or "operator" (context only, if the model was trained with operator turns).
             start_sec, end_sec: where the segment lies in the call; None places it right after the previous one.
@@ -89,10 +92,10 @@ class LiveSession:
             The segment's record (call_id, segment_index, start, end, duration, role, p_negative, negative,
             p_<label>..., top_labels, latency_ms); probabilities are None for operator turns.
         Raises:
-            AudioError: not 1-D, empty, or holding NaN/Inf samples.
+            AudioError: not 1-D, empty, holding NaN/Inf samples, or of a sample type without a PCM scale.
         """
         began = time.perf_counter()
-        wave = np.asarray(segment_audio, dtype=np.float32)
+        wave = pcm_to_float(segment_audio, where=f"call {self.call_id}: push()")
         if wave.ndim != 1:
             raise AudioError(f"call {self.call_id}: push() takes mono audio [t], got shape {wave.shape}")
         if wave.size == 0:

@@ -17,10 +17,13 @@ import numpy as np
 from ctxemo.errors import CtxemoError
 
 SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
-CALL_COLUMNS = ["call_id", "source", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
+CALL_COLUMNS = ["call_id", "source", "roles", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
                 "caller_speech_sec", "negative_speech_sec", "negative_share", "mean_p_negative", "max_p_negative",
                 "longest_negative_run_segments", "longest_negative_run_sec", "longest_negative_run_start",
                 "longest_negative_run_end", "peak_segments"]
+# calls.csv `roles`: where each turn's role came from. A mono recording cannot tell caller from operator.
+ROLES_FROM_MANIFEST, ROLES_FROM_CHANNELS = "manifest", "channels"
+ROLES_UNKNOWN_MONO = "unknown (mono recording: every turn scored as the caller's)"
 SKIPPED_COLUMNS = ["call_id", "source", "segment_index", "start", "end", "reason"]
 RUN_FILE = "predict.json"  # bundle + options of the predictions in a folder (a rerun must match to resume)
 
@@ -54,8 +57,11 @@ def segment_record(bundle, *, call_id: str, segment_index: int, start: Optional[
 
 
 def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: str,
-                   duration_sec: Optional[float], n_skipped: int, n_peaks: int = 3) -> Dict[str, Any]:
+                   duration_sec: Optional[float], n_skipped: int, n_peaks: int = 3,
+                   roles: str = ROLES_FROM_MANIFEST) -> Dict[str, Any]:
     """Per-call figures over the scored (caller) segments, in segment order.
+
+    roles: where the segments' roles came from (ROLES_FROM_MANIFEST, ROLES_FROM_CHANNELS or ROLES_UNKNOWN_MONO).
 
     negative_share: negative caller speech time / all caller speech time.
     longest negative run: most consecutive negative caller segments (operator turns between them do
@@ -75,7 +81,7 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
     peaks = sorted(scored, key=lambda r: -r["p_negative"])[:n_peaks]
     p = [r["p_negative"] for r in scored]
     return {
-        "call_id": call_id, "source": source, "duration_sec": _number(duration_sec, 3),
+        "call_id": call_id, "source": source, "roles": roles, "duration_sec": _number(duration_sec, 3),
         "n_segments": len(records), "n_caller_segments": len(scored), "n_skipped": int(n_skipped),
         "caller_speech_sec": round(speech, 3), "negative_speech_sec": round(negative_speech, 3),
         "negative_share": round(negative_speech / speech, 4) if speech > 0 else None,

@@ -21,6 +21,9 @@ from ctxemo.data.segmenter import SegmenterConfig, segment_recording
 from ctxemo.errors import AudioError, CtxemoError, ManifestError
 from ctxemo.inference.bundle import Bundle, load_bundle
 from ctxemo.inference.outputs import (
+    ROLES_FROM_CHANNELS,
+    ROLES_FROM_MANIFEST,
+    ROLES_UNKNOWN_MONO,
     PredictionWriter,
     plot_trajectory,
     segment_record,
@@ -55,6 +58,7 @@ class PreparedCall:
     segments: List[PreparedSegment]
     skipped: List[Dict[str, Any]] = field(default_factory=list)  # segment-level skipped rows
     duration_sec: Optional[float] = None
+    roles: str = ROLES_FROM_MANIFEST  # where the roles came from (calls.csv `roles`)
 
 
 @dataclass
@@ -124,8 +128,10 @@ def prepare_recording(bundle: Bundle, path: Path, *, channels: Optional[List[str
                                         wave=audio[s.channel, a:b]))
     skipped = [skip_row(call_id, source, f"segment too short ({s.speech_sec:.2f} s of speech < "
                          f"{segmenter.min_segment_sec:.2f} s)", start=s.start_sec, end=s.end_sec) for s in short]
+    # One channel and no --channels: nothing tells caller from operator, so every turn is taken as the caller's.
+    known = int(info.channels) > 1 or channels is not None
     return PreparedCall(call_id=call_id, source=source, segments=segments, skipped=skipped,
-                        duration_sec=seg.duration_sec)
+                        duration_sec=seg.duration_sec, roles=ROLES_FROM_CHANNELS if known else ROLES_UNKNOWN_MONO)
 
 
 def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = None) -> Iterable[PreparedCall]:
@@ -147,7 +153,7 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
         raise SkipInput(str(exc)) from None
     if feats is not None and feats.shape[1] != bundle.d_in:
         raise SkipInput(f"{features}: {feats.shape[1]} feature dims but the bundle's model takes {bundle.d_in}")
-    sr, min_sec = bundle.sample_rate, float(bundle.cfg.data.min_segment_sec)
+    sr = bundle.sample_rate
     for rows in manifest.calls():
         call_id = manifest.call_id[rows[0]]
         segments, skipped = [], []
@@ -167,11 +173,7 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
                     skipped.append(skip_row(call_id, str(path), str(exc), **where))
                     continue
                 seg.duration = len(seg.wave) / sr
-            if seg.duration < min_sec:
-                skipped.append(skip_row(call_id, str(path), f"segment too short ({seg.duration:.3f} s < "
-                                         f"data.min_segment_sec {min_sec:.3f} s)", **where))
-                continue
-            segments.append(seg)
+            segments.append(seg)  # a short one is padded and scored, as in CV (ctxemo.data.short_segments)
         ends = [s.end for s in segments if not np.isnan(s.end)]
         yield PreparedCall(call_id=call_id, source=str(path), segments=segments, skipped=skipped,
                            duration_sec=max(ends) if ends else None)
@@ -322,7 +324,10 @@ def _score_and_write(bundle: Bundle, call: PreparedCall, *, writer: PredictionWr
         raise SkipInput(f"call {call.call_id}: no usable segment ({len(call.skipped)} skipped)")
     records = score_prepared(bundle, call, live=live)
     result = summarize_call(records, call_id=call.call_id, source=call.source, duration_sec=call.duration_sec,
-                            n_skipped=len(call.skipped))
+                            n_skipped=len(call.skipped), roles=call.roles)
+    if call.roles == ROLES_UNKNOWN_MONO:
+        log(f"[predict] {call.call_id}: mono recording, roles unknown: every turn is scored as the caller's "
+            "(operator speech included); pass --channels caller to confirm, or give a stereo recording")
     if plot:
         try:
             name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call.call_id)
