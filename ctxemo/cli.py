@@ -179,15 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle")
-    p.add_argument("bundle")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", default="predictions")
-    p.add_argument("--live", action="store_true", help="score as if the call arrived segment by segment")
-    p.add_argument("--channels", default=None, help="channel->role map for stereo calls, e.g. caller,operator")
-    p.add_argument("--plot", action="store_true", help="write a p_negative trajectory PNG per call")
+    p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle",
+                       description="Score manifests or whole-call recordings with a model bundle. Exits 0 when at "
+                                   "least one call was scored (or kept from an earlier run into --out), 2 when "
+                                   "none was; every input, call or segment not scored is a row of skipped.csv.")
+    p.add_argument("bundle", help="model bundle folder written by `ctxemo train` (e.g. runs/demo-train/bundle)")
+    p.add_argument("inputs", nargs="+", help="manifests (.csv/.jsonl), recordings (.wav/.flac/.ogg/.mp3) or folders "
+                                             "of recordings; every other file in a folder is named and not read")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions); rerunning into it "
+                                                        "with the same bundle and options resumes")
+    p.add_argument("--live", action="store_true", help="score as if each call arrived segment by segment (needs a "
+                                                       "causal bundle); adds latency_ms per segment")
+    p.add_argument("--channels", default=None, help="role of each channel, comma-separated: caller, operator or "
+                                                    "ignore (default caller,operator for stereo; a mono recording "
+                                                    "without it is scored as all caller, roles unknown)")
+    p.add_argument("--plot", action="store_true", help="write plots/<call_id>.png, p_negative along each call")
     p.add_argument("--features", help="float32 .npy [N, D] aligned to a manifest input (skips the encoder)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-call lines (the final line "
+                                                        "and errors are still printed)")
     p.set_defaults(func=cmd_predict)
     return parser
 
@@ -222,13 +231,19 @@ if __name__ == "__main__":
 
 def predict_command(args) -> None:
     """`ctxemo predict BUNDLE INPUT... [--out DIR] [--live] [--channels caller,operator] [--plot] [--quiet]`."""
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    from tqdm import tqdm
+
+    # tqdm.write keeps the lines above the progress bars.
+    log = (lambda message: None) if args.quiet else (lambda message: tqdm.write(message, file=sys.stderr))
     bundle = load_bundle(args.bundle, device="auto")
     summary = predict_inputs(bundle, args.inputs, args.out, channels=parse_channels(args.channels), live=args.live,
-                             plot=args.plot, features=getattr(args, "features", None), log=log)
+                             plot=args.plot, features=getattr(args, "features", None), log=log,
+                             progress=not args.quiet)
     kept = f", kept {len(summary.resumed)} finished earlier" if summary.resumed else ""
     print(f"scored {len(summary.calls)} call(s), skipped {len(summary.skipped)} item(s){kept}; "
           f"results in {summary.out_dir}")
     if summary.errors:
         raise CtxemoError(f"{summary.errors} input(s) failed with unexpected errors (see skipped.csv and the "
                           "tracebacks above); the other calls were written")
+    if not summary.calls and not summary.resumed:  # a run that scored nothing must not look like success
+        raise CtxemoError(f"no call was scored; the reasons are in {summary.out_dir / 'skipped.csv'}")

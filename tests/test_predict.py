@@ -127,6 +127,55 @@ def test_bad_inputs_are_skipped_and_the_others_survive(setup, tmp_path):
     assert {r["call_id"] for r in read_csv(tmp_path / "out" / "segments.csv")} == {"a_good", "h_good"}
 
 
+def test_a_folder_names_every_file_it_does_not_read(setup, tmp_path, capsys):
+    """A folder of recordings: .mp3 is read (libsndfile decodes it), an .m4a becomes a skipped row saying it
+    cannot be decoded, any other file gets a console line; the CLI shows progress bars and exits 0."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(setup["wavs"][0], folder / "a_good.wav")
+    audio, sr = sf.read(setup["wavs"][1])
+    sf.write(folder / "b_compressed.mp3", audio, sr, format="MP3")
+    (folder / "c_phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+    (folder / "notes.txt").write_text("not audio")
+    (folder / ".DS_Store").write_bytes(b"clutter")
+    out = tmp_path / "out"
+    assert main(["predict", str(setup["bundle"].path), str(folder), "--out", str(out), "--live"]) == 0
+    err = capsys.readouterr().err
+    assert sorted(c["call_id"] for c in read_csv(out / "calls.csv")) == ["a_good", "b_compressed"]
+    skipped = read_csv(out / "skipped.csv")
+    assert [r["call_id"] for r in skipped] == ["c_phone"] and "cannot be decoded" in skipped[0]["reason"]
+    assert "ffmpeg" in skipped[0]["reason"] and "skipped" in err and "c_phone.m4a" in err
+    assert "not read:" in err and "notes.txt: not a recording (.txt)" in err and ".DS_Store" not in err
+    assert "calls:" in err and "2/2" in err  # the bar over calls (both known up front) ...
+    assert "seg" in err  # ... and one over each call's segments in --live
+
+
+def test_cli_exits_non_zero_when_no_call_was_scored(setup, tmp_path, capsys):
+    sf.write(tmp_path / "silent.wav", np.zeros((2 * SR, 2), np.float32), SR)
+    out = tmp_path / "out"
+    assert main(["predict", str(setup["bundle"].path), str(tmp_path / "silent.wav"), "--out", str(out), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "scored 0 call(s), skipped 1 item(s)" in captured.out and "no call was scored" in captured.err
+    assert "no speech found" in read_csv(out / "skipped.csv")[0]["reason"]
+    # A rerun that keeps the calls of an earlier run is a success, though it scores nothing new.
+    assert main(["predict", str(setup["bundle"].path), str(setup["wavs"][0]), "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert main(["predict", str(setup["bundle"].path), str(setup["wavs"][0]), "--out", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+
+
+def test_predict_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    from ctxemo.cli import build_parser
+
+    predict_parser = build_parser()._subparsers._group_actions[0].choices["predict"]
+    for action in predict_parser._actions:
+        assert action.help, f"predict option {action.dest} has no --help text"
+    assert "--channels" in text and "exits 0" in text.lower()
+
+
 def test_a_crash_halfway_loses_nothing_and_a_rerun_resumes(setup, tmp_path, monkeypatch):
     out = tmp_path / "out"
     original = predict.score_prepared

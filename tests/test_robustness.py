@@ -399,9 +399,10 @@ def test_predict_names_a_bad_manifest_or_recording(capsys, audio_root, bundle):
     sf.write(audio_root / "r-silence.wav", np.zeros(SR, dtype=np.float32), SR)
     bad = write_corpus(audio_root, "predict-bad", [], text=MANIFEST_CASES["duplicate_segment"][0])
     out = audio_root / "predictions-bad"
-    rc, stdout, _ = run(capsys, "predict", bundle, bad.parent / "manifest.csv", audio_root / "r-corrupt.wav",
+    rc, stdout, stderr = run(capsys, "predict", bundle, bad.parent / "manifest.csv", audio_root / "r-corrupt.wav",
                         audio_root / "r-silence.wav", "--out", out, "--quiet")
-    assert rc == 0 and "scored 0 call(s), skipped 3 item(s)" in stdout
+    assert rc == 2 and "scored 0 call(s), skipped 3 item(s)" in stdout  # nothing scored: not a success
+    assert "no call was scored" in stderr
     reasons = [r["reason"] for r in read_skipped(out)]
     assert re.search(r"manifest\.csv: line 5: duplicate", reasons[0])
     assert re.search(r"cannot read audio file .*r-corrupt\.wav", reasons[1])

@@ -11,9 +11,11 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
 from ctxemo.data.audio import audio_info, read_audio
 from ctxemo.data.manifest import optional_sec
@@ -31,7 +33,9 @@ from ctxemo.inference.outputs import (
     summarize_call,
 )
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# What libsndfile decodes (MP3 since libsndfile 1.1); other audio containers are named when a folder holds them.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
+UNREADABLE_AUDIO_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".amr", ".opus", ".webm", ".3gp", ".mp3")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 CHANNEL_ROLES = ("caller", "operator", "ignore")
 
@@ -181,8 +185,10 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
 
 # ----------------------------------------------------------------------------- scoring
 
-def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) -> List[Dict[str, Any]]:
-    """Per-segment records of a prepared call: the whole call at once, or pushed one by one (live)."""
+def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False,
+                   on_segment: Callable[[], None] = lambda: None) -> List[Dict[str, Any]]:
+    """Per-segment records of a prepared call: the whole call at once, or pushed one by one (live; then
+    `on_segment` is called after each segment, e.g. to move a progress bar)."""
     segs = call.segments
     if live:
         from ctxemo.inference.live import LiveSession
@@ -197,6 +203,7 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
                 record = session.push_embedding(s.feat, role=s.role, duration_sec=_or_zero(s.duration), **times)
             record["segment_index"] = s.segment_index
             records.append(record)
+            on_segment()
         return records
     roles = [s.role for s in segs]
     in_context = bundle.in_context(roles)
@@ -224,7 +231,7 @@ def _or_zero(x: float) -> float:
 def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str, Path]], out_dir: Union[str, Path],
                    *, channels: Optional[List[str]] = None, live: bool = False, plot: bool = False,
                    segmenter: SegmenterConfig = SegmenterConfig(), features: Optional[Path] = None,
-                   log: Callable[[str], None] = lambda message: None) -> PredictSummary:
+                   log: Callable[[str], None] = lambda message: None, progress: bool = False) -> PredictSummary:
     """Score manifests and/or recordings (folders are searched for wav/flac/ogg) into `out_dir`.
 
     Args:
@@ -237,6 +244,7 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
         segmenter: VAD settings for recordings.
         features: precomputed embeddings aligned to the (single) manifest input.
         log: receives progress lines (ids, paths and numbers only).
+        progress: a bar over the calls on stderr (and, live, over each call's segments).
     Returns:
         PredictSummary of this run.
     """
@@ -245,7 +253,7 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
         from ctxemo.inference.live import check_live_capable
 
         check_live_capable(bundle)
-    paths = _expand(inputs)
+    paths, not_read = _expand(inputs)
     if features is None and any(p.suffix.lower() in AUDIO_SUFFIXES + MANIFEST_SUFFIXES for p in paths):
         bundle.encoder()  # build and check it now: a refused encoder must stop the run, not skip every call
     options = {"live": bool(live), "channels": channels, "segmenter": asdict(segmenter),
@@ -253,6 +261,14 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
     writer = PredictionWriter(Path(out_dir), bundle=bundle, options=options, live=live, log=log)
     summary = PredictSummary(out_dir=Path(out_dir), resumed=sorted(writer.done))
     sources: Dict[str, str] = {}
+    for path, reason in not_read:
+        if path.suffix.lower() in UNREADABLE_AUDIO_SUFFIXES:  # a recording we cannot decode: a skipped row
+            _record_skip(writer, summary, skip_row(path.stem, str(path), reason), log)
+        else:
+            log(f"[predict] not read: {reason}")
+    # Calls are counted up front only when every input is one recording (a manifest's calls appear as read).
+    recordings_only = all(p.suffix.lower() in AUDIO_SUFFIXES for p in paths)
+    bars = ProgressBars(enabled=progress, total_calls=len(paths) if recordings_only else None, live=live)
     try:
         for path in paths:
             suffix = path.suffix.lower()
@@ -268,8 +284,9 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
                 _record_skip(writer, summary, row, log)
                 continue
             _run_input(bundle, path, calls, writer=writer, summary=summary, sources=sources, live=live, plot=plot,
-                       log=log)
+                       log=log, bars=bars)
     finally:
+        bars.close()
         writer.close()
     for message in bundle.warnings:
         log(f"[predict] warning: {message}")
@@ -277,7 +294,7 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
 
 
 def _run_input(bundle: Bundle, path: Path, calls: Callable, *, writer: PredictionWriter, summary: PredictSummary,
-               sources: Dict[str, str], live: bool, plot: bool, log: Callable) -> None:
+               sources: Dict[str, str], live: bool, plot: bool, log: Callable, bars: "ProgressBars") -> None:
     """Score every call of one input. A failure of the input skips it; a failure of one call skips that
     call and the next one goes on. Either way it becomes a row of skipped.csv."""
 
@@ -311,18 +328,20 @@ def _run_input(bundle: Bundle, path: Path, calls: Callable, *, writer: Predictio
             continue
         sources[call.call_id] = call.source
         try:
-            _score_and_write(bundle, call, writer=writer, summary=summary, live=live, plot=plot, log=log)
+            _score_and_write(bundle, call, writer=writer, summary=summary, live=live, plot=plot, log=log, bars=bars)
         except Exception as exc:
             fail(call.call_id, call.source, exc)
+        finally:
+            bars.call_done()
 
 
 def _score_and_write(bundle: Bundle, call: PreparedCall, *, writer: PredictionWriter, summary: PredictSummary,
-                     live: bool, plot: bool, log: Callable) -> None:
+                     live: bool, plot: bool, log: Callable, bars: "ProgressBars") -> None:
     if not call.segments:
         writer.write_skipped(call.skipped)
         summary.skipped += call.skipped
         raise SkipInput(f"call {call.call_id}: no usable segment ({len(call.skipped)} skipped)")
-    records = score_prepared(bundle, call, live=live)
+    records = score_prepared(bundle, call, live=live, on_segment=bars.segments(call))
     result = summarize_call(records, call_id=call.call_id, source=call.source, duration_sec=call.duration_sec,
                             n_skipped=len(call.skipped), roles=call.roles)
     if call.roles == ROLES_UNKNOWN_MONO:
@@ -350,18 +369,65 @@ def _record_skip(writer: PredictionWriter, summary: PredictSummary, row: Dict[st
     log(f"[predict] skipped {row['source']}: {row['reason']}")
 
 
-def _expand(inputs: Sequence[Union[str, Path]]) -> List[Path]:
+def _expand(inputs: Sequence[Union[str, Path]]) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+    """(inputs to read, [(file, why it is not read)]): folders give their recordings; every other file in
+    them is named with the reason, so an .m4a among the wavs is not passed over without a word."""
     out: List[Path] = []
+    not_read: List[Tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise CtxemoError(f"{path}: folder holds no recordings ({', '.join(AUDIO_SUFFIXES)})")
-            out += found
-        else:
+        if not path.is_dir():
             out.append(path)
-    return out
+            continue
+        found = []
+        for p in sorted(path.iterdir()):
+            suffix = p.suffix.lower()
+            if p.name.startswith(".") or not p.is_file():
+                continue  # hidden files (editor and OS clutter) and subfolders are not inputs
+            if suffix in AUDIO_SUFFIXES:
+                found.append(p)
+            elif suffix in UNREADABLE_AUDIO_SUFFIXES:
+                not_read.append((p, f"{p}: {suffix} audio cannot be decoded here (libsndfile reads "
+                                    f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. ffmpeg -i {p.name} {p.stem}.wav"))
+            else:
+                not_read.append((p, f"{p}: not a recording ({suffix or 'no suffix'}); inside a folder only "
+                                    f"{', '.join(AUDIO_SUFFIXES)} files are read"))
+        if not found:
+            raise CtxemoError(f"{path}: folder holds no recordings ({', '.join(AUDIO_SUFFIXES)})"
+                              + (f"; not read: {', '.join(p.name for p, _ in not_read[:5])}" if not_read else ""))
+        out += found
+    return out, not_read
+
+
+class ProgressBars:
+    """tqdm bars on stderr: calls done (of all, when known up front) and, live, the segments of the
+    current call. Bars show counts and call ids only."""
+
+    def __init__(self, *, enabled: bool, total_calls: Optional[int], live: bool):
+        self.enabled, self.live = enabled, live
+        self._calls = tqdm(total=total_calls, unit="call", desc="calls", file=sys.stderr) if enabled else None
+        self._segments = None
+
+    def segments(self, call: PreparedCall) -> Callable[[], None]:
+        """A callback that moves the current call's segment bar (live mode only)."""
+        if not (self.enabled and self.live):
+            return lambda: None
+        self._segments = tqdm(total=len(call.segments), unit="seg", desc=str(call.call_id)[:24], leave=False,
+                              file=sys.stderr)
+        return self._segments.update
+
+    def call_done(self) -> None:
+        if self._segments is not None:
+            self._segments.close()
+            self._segments = None
+        if self._calls is not None:
+            self._calls.update()
+
+    def close(self) -> None:
+        if self._segments is not None:
+            self._segments.close()
+        if self._calls is not None:
+            self._calls.close()
 
 
 def predict_recordings(bundle: Union[Bundle, str, Path], paths: Sequence[Union[str, Path]],
