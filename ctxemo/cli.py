@@ -1,4 +1,4 @@
-"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, report.
+"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, report, export.
 
 Config-driven commands take a YAML file plus `key=value` overrides and write a run folder; rerunning
 the same command on the same folder resumes (finished folds / arms / embedding shards are kept).
@@ -132,6 +132,12 @@ def cmd_predict(args) -> None:
     predict_command(args)
 
 
+def cmd_export(args) -> None:
+    from ctxemo.inference.export_onnx import export_bundle
+
+    export_bundle(args.bundle, args.out, format=args.format, log=print)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxemo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-call lines (the final line "
                                                         "and errors are still printed)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a model bundle as ONNX graphs (encoder with LoRA merged, context model + "
+                                      "heads) + thresholds and taxonomy, for onnxruntime")
+    p.add_argument("bundle", help="model bundle folder written by `ctxemo train`")
+    p.add_argument("--out", required=True, help="export folder (replaced atomically if it exists)")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -273,6 +273,15 @@ class Bundle:
             p_neg[callers], p_fine[callers] = self.smoother.smooth_call(p_neg[callers], p_fine[callers])
         return CallScores(p_neg, p_fine)
 
+    @torch.no_grad()
+    def score_window(self, feats: np.ndarray, *, roles: Sequence[str], positions: np.ndarray,
+                     time_feats: np.ndarray) -> tuple:
+        """(p_negative, p_fine [c]) of the last of a window of in-context segments (live scoring), before
+        any smoothing. Args: feats [w, d_in]; roles, positions [w] (positions in the call); time_feats [w, 2]."""
+        inputs = call_inputs(feats, roles=list(roles), positions=positions, time_feats=time_feats, device=self.device)
+        p_negative, p_fine = self.model.probabilities(self.model(inputs))
+        return float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
+
     def is_negative(self, p_negative: float) -> bool:
         return bool(p_negative >= self.thresholds.binary)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ctxemo.data.audio import resample
-from ctxemo.data.datasets import call_inputs, time_features
+from ctxemo.data.datasets import time_features
 from ctxemo.data.manifest import ROLES
 from ctxemo.data.pcm import pcm_to_float
 from ctxemo.errors import AudioError, ConfigError
@@ -35,6 +35,13 @@ def check_live_capable(bundle: Bundle) -> None:
             "or score whole recordings offline without --live")
 
 
+def _load_any(folder: Path) -> Bundle:
+    """A bundle folder, or an ONNX export of one (it holds export.json)."""
+    from ctxemo.inference.onnx_bundle import EXPORT_FILE, load_onnx_bundle
+
+    return load_onnx_bundle(folder) if (folder / EXPORT_FILE).is_file() else load_bundle(folder)
+
+
 class LiveSession:
     """One call scored as it goes on.
 
@@ -44,14 +51,15 @@ class LiveSession:
         >>> pred["p_negative"], pred["negative"], pred["top_labels"]  # doctest: +SKIP
 
     Args:
-        bundle: a loaded Bundle or its folder.
+        bundle: a loaded Bundle or its folder, or an ONNX export (`OnnxBundle` / a folder written by
+            `ctxemo export`), which runs the same session on onnxruntime.
         call_id: written into every record.
     Raises:
         ConfigError: the bundle's context model is bidirectional.
     """
 
     def __init__(self, bundle: Union[Bundle, str, Path], *, call_id: str = "live"):
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.bundle = bundle if isinstance(bundle, Bundle) else _load_any(Path(bundle))
         check_live_capable(self.bundle)
         cfg = self.bundle.cfg
         window = int(cfg.context.window)
@@ -155,11 +163,8 @@ class LiveSession:
     def _score_last(self):
         """The model over the kept window; the last token's probabilities."""
         feats, roles, positions, times = zip(*self._tokens)
-        inputs = call_inputs(np.stack(feats), roles=list(roles), positions=np.array(positions),
-                             time_feats=np.stack(times).astype(np.float32), device=self.bundle.device)
-        logits = self.bundle.model(inputs)
-        p_negative, p_fine = self.bundle.model.probabilities(logits)
-        p_negative, p_fine = float(p_negative[0, -1]), p_fine[0, -1].float().cpu().numpy()
+        p_negative, p_fine = self.bundle.score_window(np.stack(feats), roles=roles, positions=np.array(positions),
+                                                      time_feats=np.stack(times).astype(np.float32))
         if self.bundle.smoother is None:
             return p_negative, p_fine
         # The smoothing route, causal: one forward step per caller segment gives its posterior exactly as

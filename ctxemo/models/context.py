@@ -117,7 +117,8 @@ def attention_rule(*, kind: str, seg_mask: torch.Tensor, causal: bool) -> Option
     if kind != "transformer":
         return None  # isolated, call_norm and smooth arms: no mixing across segments
     b, s = seg_mask.shape
-    eye = torch.eye(s, dtype=torch.bool, device=seg_mask.device)[None].expand(b, s, s)
+    # Built as float, then cast: onnxruntime has no boolean EyeLike (the ONNX export traces this line).
+    eye = torch.eye(s, device=seg_mask.device).bool()[None].expand(b, s, s)
     allowed = seg_mask[:, None, :].expand(b, s, s)
     if causal:
         allowed = allowed & torch.tril(torch.ones(s, s, dtype=torch.bool, device=seg_mask.device))
