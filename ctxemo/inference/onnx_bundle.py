@@ -55,7 +55,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _session(path: Path, threads: int):
+def _session(path: Path, threads: int, spin: bool):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -63,6 +63,8 @@ def _session(path: Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:  # idle threads sleep instead of spinning: kinder to a machine shared with other work
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -113,8 +115,11 @@ class OnnxBundle(Bundle):
                           "score whole calls offline with the torch bundle")
 
 
-def load_onnx_bundle(folder: str | Path, *, threads: int = 1) -> OnnxBundle:
+def load_onnx_bundle(folder: str | Path, *, threads: int = 1, spin: bool = True) -> OnnxBundle:
     """Load and check an export folder (every file's sha256 against export.json).
+
+    threads: onnxruntime intra-op threads per graph; spin: whether idle threads busy-wait (onnxruntime's
+    default: lowest latency on a machine of its own).
 
     Raises:
         BundleError: naming the missing or modified file, or another export format.
@@ -140,7 +145,7 @@ def load_onnx_bundle(folder: str | Path, *, threads: int = 1) -> OnnxBundle:
     thresholds = Thresholds(binary=float(raw["binary"]),
                             fine=None if fine is None else np.array([float(fine[n]) for n in taxonomy.labels]))
     names: List[str] = [CONTEXT_FILE] + ([FRAMES_FILE, POOL_FILE] if meta.get("encoder") else [])
-    sessions = {name: _session(folder / name, threads) for name in names}
+    sessions = {name: _session(folder / name, threads, spin) for name in names}
     smoother = PosteriorSmoother.from_state(meta["smoother"], taxonomy) if meta.get("smoother") else None
     return OnnxBundle(path=folder, cfg=cfg, taxonomy=taxonomy, model=None, thresholds=thresholds, meta=meta,
                       versions=meta.get("versions", {}), encoder_info=meta.get("encoder"), smoother=smoother,
