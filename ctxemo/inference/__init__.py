@@ -1,1 +1,1 @@
-"""Stage 6, inference: model bundles (save, load, verify the encoder), predict over recordings or manifests, live scoring, and the per-segment / per-call outputs."""
+"""Stage 6, inference: model bundles (save, load, verify the encoder), predict over recordings or manifests, live scoring, the per-segment / per-call outputs, and the ONNX export (and an export run as a bundle on onnxruntime)."""
