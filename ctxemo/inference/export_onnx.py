@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -229,7 +229,7 @@ def _check_export(bundle: Bundle, folder: Path) -> None:
 
 
 def export_bundle(bundle: str | Path, out_dir: str | Path, *, format: str = "onnx",
-                  log=lambda message: None) -> Optional[Path]:
+                  log=lambda message: None) -> Path:
     """`ctxemo export`: the bundle in `format` (only "onnx" so far) under out_dir."""
     if format != "onnx":
         raise ConfigError(f"--format {format!r}: only onnx is supported")
