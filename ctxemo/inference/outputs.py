@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ctxemo.errors import CtxemoError
+from ctxemo.io import atomic_path
 
 SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
 CALL_COLUMNS = ["call_id", "source", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
@@ -100,35 +101,63 @@ def csv_value(column: str, value: Any) -> str:
     return str(value)
 
 
-def plot_trajectory(path: Path, records: Sequence[Dict[str, Any]], *, threshold: float, title: str) -> Path:
-    """PNG of p_negative along the call: caller segments as horizontal bars over their time span (or at
-    their index when times are unknown), the decision threshold dashed."""
-    import matplotlib
+LONG_CALL_SEC = 180.0  # a call longer than this is plotted in minutes (a 22-minute call in seconds is unreadable)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def trajectory_figure(records: Sequence[Dict[str, Any]], *, threshold: float, title: str,
+                      gold: Optional[Dict[int, int]] = None):
+    """p_negative along one call as a `matplotlib.figure.Figure` (no pyplot).
+
+    Caller turns are horizontal bars over their time span (at their index when times are unknown), red
+    when decided negative; operator turns are grey spans along the bottom; `gold` ({segment_index: 0/1}
+    of caller turns, from a labelled manifest) shades the gold-negative turns; the decision threshold is
+    dashed. Minutes on the x axis for calls over LONG_CALL_SEC.
+    """
+    from matplotlib.figure import Figure
 
     scored = [r for r in records if r["p_negative"] is not None]
-    timed = all(r["start"] is not None and r["end"] is not None for r in scored)
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    try:
-        for i, r in enumerate(scored):
-            a, b = (r["start"], r["end"]) if timed else (r["segment_index"] - 0.4, r["segment_index"] + 0.4)
-            ax.plot([a, b], [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3)
-        if scored:
-            mids = [((r["start"] + r["end"]) / 2 if timed else r["segment_index"]) for r in scored]
-            ax.plot(mids, [r["p_negative"] for r in scored], color="grey", lw=0.8, alpha=0.7)
-        ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("time in call (s)" if timed else "segment index")
-        ax.set_ylabel("p_negative (caller)")
-        ax.set_title(title)
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    timed = bool(scored) and all(r["start"] is not None and r["end"] is not None for r in records)
+    last_end = max((r["end"] for r in records), default=0.0) if timed else 0.0
+    scale = 60.0 if timed and last_end > LONG_CALL_SEC else 1.0
+
+    def span(r):
+        if timed:
+            return r["start"] / scale, r["end"] / scale
+        return r["segment_index"] - 0.4, r["segment_index"] + 0.4
+
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, r in enumerate(r for r in records if r["role"] == "operator"):
+        ax.axvspan(*span(r), ymin=0.0, ymax=0.05, color="0.55", lw=0, label="operator turn" if i == 0 else None)
+    gold_turns = [r for r in scored if gold and gold.get(r["segment_index"])]
+    for i, r in enumerate(gold_turns):
+        ax.axvspan(*span(r), color="tab:red", alpha=0.15, lw=0, label="gold: negative" if i == 0 else None)
+    labelled = set()
+    for r in scored:
+        name = "caller turn, decided negative" if r["negative"] else "caller turn, not negative"
+        ax.plot(span(r), [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3,
+                label=None if name in labelled else name)
+        labelled.add(name)
+    if scored:
+        mids = [sum(span(r)) / 2 for r in scored]
+        ax.plot(mids, [r["p_negative"] for r in scored], color="grey", lw=0.8, alpha=0.7)
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(("time in call (min)" if scale == 60.0 else "time in call (s)") if timed else "segment index")
+    ax.set_ylabel("p_negative (caller)")
+    gold_note = "" if gold else " (no gold labels)"
+    ax.set_title(f"{title}: p_negative per caller turn{gold_note}", fontsize=10, wrap=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_trajectory(path: Path, records: Sequence[Dict[str, Any]], *, threshold: float, title: str,
+                    gold: Optional[Dict[int, int]] = None) -> Path:
+    """PNG of `trajectory_figure` (written atomically)."""
+    fig = trajectory_figure(records, threshold=threshold, title=title, gold=gold)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 
