@@ -21,7 +21,8 @@ SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", 
 CALL_COLUMNS = ["call_id", "source", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
                 "caller_speech_sec", "negative_speech_sec", "negative_share", "mean_p_negative", "max_p_negative",
                 "longest_negative_run_segments", "longest_negative_run_sec", "longest_negative_run_start",
-                "longest_negative_run_end", "peak_segments"]
+                "longest_negative_run_end", "first_alert_segment", "time_to_first_alert_sec", "negative_changes",
+                "peak_segments"]
 SKIPPED_COLUMNS = ["call_id", "source", "segment_index", "start", "end", "reason"]
 RUN_FILE = "predict.json"  # bundle + options of the predictions in a folder (a rerun must match to resume)
 
@@ -61,7 +62,12 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
     negative_share: negative caller speech time / all caller speech time.
     longest negative run: most consecutive negative caller segments (operator turns between them do
     not break a run), with their caller speech seconds and the run's start/end in the call.
+    first alert: the first caller segment decided negative (its segment_index) and the time from the
+    call's start to its end, when the alert can be raised (None without an alert or without times).
+    negative_changes: switches between negative and not along consecutive caller segments (how often an
+    operator's display would flip).
     peak_segments: the `n_peaks` caller segments with the highest p_negative.
+    negative_share is the share of caller speech time above the decision threshold.
     """
     scored = [r for r in records if r["p_negative"] is not None]
     speech = sum(r["duration"] or 0.0 for r in scored)
@@ -75,6 +81,8 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
             best = current
     peaks = sorted(scored, key=lambda r: -r["p_negative"])[:n_peaks]
     p = [r["p_negative"] for r in scored]
+    first = next((r for r in scored if r["negative"]), None)
+    decisions = [int(r["negative"]) for r in scored]
     return {
         "call_id": call_id, "source": source, "duration_sec": _number(duration_sec, 3),
         "n_segments": len(records), "n_caller_segments": len(scored), "n_skipped": int(n_skipped),
@@ -85,6 +93,9 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
         "longest_negative_run_sec": round(seconds(best), 3),
         "longest_negative_run_start": best[0]["start"] if best else None,
         "longest_negative_run_end": best[-1]["end"] if best else None,
+        "first_alert_segment": first["segment_index"] if first else None,
+        "time_to_first_alert_sec": first["end"] if first else None,
+        "negative_changes": int(sum(a != b for a, b in zip(decisions, decisions[1:]))),
         "peak_segments": [{"segment_index": r["segment_index"], "start": r["start"], "p_negative": r["p_negative"]}
                           for r in peaks],
     }
@@ -177,6 +188,8 @@ class PredictionWriter:
                               ("skipped.csv", SKIPPED_COLUMNS), ("segments.jsonl", None), ("calls.jsonl", None)):
             path = self.out_dir / name
             fresh = not path.is_file() or path.stat().st_size == 0
+            if columns is not None and not fresh:
+                _check_header(path, columns)
             handle = open(path, "a", encoding="utf-8", newline="")
             if columns is not None and fresh:
                 csv.writer(handle).writerow(columns)
@@ -244,6 +257,15 @@ class PredictionWriter:
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
+
+
+def _check_header(path: Path, columns: Sequence[str]) -> None:
+    """A folder resumed by another ctxemo version must not get rows of other columns under its header."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header != list(columns):
+        raise CtxemoError(f"{path}: its columns differ from what this ctxemo writes ({len(header)} vs {len(columns)}; "
+                          "written by another version?); choose another --out or remove that folder")
 
 
 def _filter_csv(path: Path, keep_calls: set) -> None:
