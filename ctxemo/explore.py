@@ -258,18 +258,9 @@ def load_arms(run_dir: str | Path) -> Dict[str, Pooled]:
     Returns:
         {arm: ctxemo.reports.run_folder.Pooled} in the config's arm order; arms without predictions are left out.
     """
-    from omegaconf import OmegaConf
+    from ctxemo.reports.run_folder import load_predictions, run_arms
 
-    from ctxemo.reports.run_folder import arm_dirs, detect_kind, load_predictions
-
-    run_dir = Path(run_dir)
-    if detect_kind(run_dir) == "cv":
-        config = run_dir / "config.yaml"
-        name = OmegaConf.select(OmegaConf.load(config), "name", default=None) if config.is_file() else None
-        folders = {str(name or run_dir.name): run_dir}
-    else:
-        folders = arm_dirs(run_dir)
-    pooled = {arm: load_predictions(folder) for arm, folder in folders.items()}
+    pooled = {arm: load_predictions(folder) for arm, folder in run_arms(Path(run_dir)).items()}
     return {arm: p for arm, p in pooled.items() if p is not None}
 
 
