@@ -9,7 +9,12 @@ from bundle_helpers import call_arrays, tiny_config
 
 from ctxemo.cli import main
 from ctxemo.evaluation.evaluate import Thresholds
-from ctxemo.evaluation.metrics import binary_metrics, brier_score, calibration_bins, expected_calibration_error
+from ctxemo.evaluation.metrics import (
+    binary_metrics,
+    brier_score,
+    calibration_bins,
+    expected_calibration_error,
+)
 from ctxemo.inference.bundle import load_bundle, save_bundle
 from ctxemo.inference.live import LiveSession
 from ctxemo.models.call_model import build_call_model

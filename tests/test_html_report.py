@@ -6,9 +6,9 @@ import json
 import shutil
 import subprocess
 import threading
+from functools import partial
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -117,7 +117,6 @@ def render(page: Path, tmp_path: Path) -> dict:
         server.server_close()
     log = json.loads(net_log.read_text(encoding="utf-8"))
     types = {v: k for k, v in log["constants"]["logEventTypes"].items()}
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
     page_requests = [e["params"]["url"] for e in log["events"] if types[e["type"]] == "URL_REQUEST_START_JOB"
                      and "url" in e.get("params", {})
                      and e["params"].get("network_isolation_key", "").startswith("http://127.0.0.1")]

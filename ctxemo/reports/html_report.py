@@ -20,7 +20,14 @@ from ctxemo.io import read_json, write_text
 from ctxemo.reports import explore_plots, report_figures
 from ctxemo.reports import html as H
 from ctxemo.reports.comparison import _common_folds
-from ctxemo.reports.curves import call_trajectory, pick_calls, pr_curve, pr_curves, prevalence, roc_curve
+from ctxemo.reports.curves import (
+    call_trajectory,
+    pick_calls,
+    pr_curve,
+    pr_curves,
+    prevalence,
+    roc_curve,
+)
 from ctxemo.reports.run_folder import (
     Pooled,
     _reference,
