@@ -41,7 +41,7 @@ from ctxemo.reports.tables import _fmt
 
 REPORT_FILE = "report.html"
 TIMELINE_CALLS = 3  # calls drawn as timelines (those with the most switches between negative and not)
-MAX_CALL_ROWS = 40  # calls listed in the per-call table (the rest are counted, not listed)
+MAX_CALL_ROWS = 20  # calls listed in the per-call table (the rest are counted, not listed)
 RUN_FACTS = ("command", "git", "seed", "started", "python", "platform")
 
 
@@ -139,11 +139,10 @@ def _confusion_section(run_dir: Path, pooled: Dict[str, Pooled]) -> str:
     first = next(iter(pooled.values()))
     fine = {arm: pair_counts(p) for arm, p in pooled.items()}
     if first.multilabel:
-        note = ("Multi-label: a cell counts segments where the gold (row) label was missed while the column label "
-                "was predicted and is not gold; the diagonal is 0 by definition.")
-        for arm, p in pooled.items():  # the diagonal: segments where the label was both gold and predicted
+        note = ("Multi-label: an off-diagonal cell counts segments where the gold (row) label was missed while the "
+                "column label was predicted and is not gold; the diagonal counts hits (gold and predicted).")
+        for arm, p in pooled.items():  # pair_counts leaves the diagonal empty: put the hits there
             np.fill_diagonal(fine[arm], (p.gold_fine[p.fine_rows()] & p.pred_fine[p.fine_rows()]).sum(0))
-        note += " Here the diagonal shows hits (gold and predicted)."
     else:
         note = "Single-label: gold class (row) vs predicted class (column), labelled segments only."
     body += f'<p class="note">{H.esc(note)}</p>\n'

@@ -20,7 +20,7 @@ Curve = Tuple[np.ndarray, np.ndarray, float]  # (x [m], y [m], area)
 
 
 def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], *, title: str,
-                       ncols: int = 3) -> Figure:
+                       ncols: int = 4) -> Figure:
     """One heatmap per arm of a [k, k] (gold row, predicted column) count matrix; colour = share of the
     gold row, text = count (and share when the matrix is small enough to read it).
 
@@ -32,7 +32,7 @@ def confusion_matrices(matrices: Dict[str, np.ndarray], labels: Sequence[str], *
     k = len(labels)
     ncols = min(ncols, max(len(arms), 1))
     nrows = math.ceil(max(len(arms), 1) / ncols)
-    cell = 0.42 if k > 4 else 1.1
+    cell = 0.42 if k > 4 else 0.8
     fig = Figure(figsize=(ncols * (cell * k + 2.0) + 0.8, nrows * (cell * k + 1.8) + 0.6), layout="constrained")
     image = None
     axes = []
