@@ -116,8 +116,16 @@ def cmd_ablate(args) -> None:
 
 def cmd_report(args) -> None:
     from ctxemo.reports.comparison import regenerate
+    from ctxemo.reports.html_report import write_report
 
-    print(regenerate(Path(args.run_dir)))
+    if args.table == "seed":
+        from ctxemo.reports.seed_table import seed_table
+
+        print(seed_table([Path(p) for p in args.run_dirs], out=Path(args.out) if args.out else None))
+        return
+    for run_dir in args.run_dirs:
+        print(regenerate(Path(run_dir)))
+        print(f"wrote {write_report(Path(run_dir))}")
 
 
 def cmd_train(args) -> None:
@@ -181,8 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_command("cv", cmd_cv, "caller-grouped K-fold cross-validation of one config")
     config_command("ablate", cmd_ablate, "every arm of ablation.arms on the same folds + paired tests")
 
-    p = sub.add_parser("report", help="regenerate tables and plots of a run folder")
-    p.add_argument("run_dir")
+    p = sub.add_parser("report", help="regenerate tables, plots and report.html of run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--table", choices=["seed"], help="seed: the seed study's table (one row per encoder) of "
+                   "the given cv runs, printed instead of regenerating them")
+    p.add_argument("--out", help="with --table: also write it as <out>.md and <out>.csv")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle",

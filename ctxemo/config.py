@@ -132,6 +132,9 @@ class TrainConfig:
     tensorboard: bool = False  # per-epoch metrics under <fold dir>/tensorboard (pip install ".[tensorboard]")
     device: str = "auto"  # auto | cpu | cuda
     ensemble: int = 1  # models per inner fold, each from its own seed; probabilities are averaged
+    # none | temperature: rescale p_negative by one temperature fitted on the inner validation callers, so
+    # that alert probabilities read as risks (training/calibration.py); kept in the bundle, used by predict/live
+    calibrate: str = "none"
 
 
 @dataclass
@@ -210,6 +213,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "train.mode": ("two_stage", "end_to_end", *BASELINE_MODES),
     "train.device": ("auto", "cpu", "cuda"),
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
+    "train.calibrate": ("none", "temperature"),  # training.calibration
 }
 
 

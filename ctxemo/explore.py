@@ -17,6 +17,13 @@ import soundfile as sf
 from ctxemo.data.manifest import Manifest, load_manifest
 from ctxemo.errors import CtxemoError
 from ctxemo.io import read_json
+from ctxemo.reports.curves import (  # noqa: F401 (the notebooks' API)
+    call_trajectory,
+    pick_calls,
+    pr_curve,
+    pr_curves,
+    prevalence,
+)
 from ctxemo.reports.tables import format_p
 from ctxemo.taxonomy import Taxonomy
 
@@ -251,18 +258,9 @@ def load_arms(run_dir: str | Path) -> Dict[str, Pooled]:
     Returns:
         {arm: ctxemo.reports.run_folder.Pooled} in the config's arm order; arms without predictions are left out.
     """
-    from omegaconf import OmegaConf
+    from ctxemo.reports.run_folder import load_predictions, run_arms
 
-    from ctxemo.reports.run_folder import arm_dirs, detect_kind, load_predictions
-
-    run_dir = Path(run_dir)
-    if detect_kind(run_dir) == "cv":
-        config = run_dir / "config.yaml"
-        name = OmegaConf.select(OmegaConf.load(config), "name", default=None) if config.is_file() else None
-        folders = {str(name or run_dir.name): run_dir}
-    else:
-        folders = arm_dirs(run_dir)
-    pooled = {arm: load_predictions(folder) for arm, folder in folders.items()}
+    pooled = {arm: load_predictions(folder) for arm, folder in run_arms(Path(run_dir)).items()}
     return {arm: p for arm, p in pooled.items() if p is not None}
 
 
@@ -306,30 +304,6 @@ def paired_rows(summary: Dict, metrics: Optional[Sequence[str]] = None) -> Tuple
     return ["arm", "metric", f"{reference} per fold", "arm per fold", "Δ mean", "p (t-test)", "p (Wilcoxon)"], rows
 
 
-def call_trajectory(pooled: Pooled, call_id: str) -> Dict[str, np.ndarray]:
-    """One call's scored segments in order.
-
-    Returns:
-        {"segment_index", "p_negative", "negative" (gold), "pred_negative"}: arrays [s].
-    """
-    rows = np.flatnonzero(pooled.call_id == call_id)
-    if rows.size == 0:
-        raise CtxemoError(f"call {call_id!r} has no predictions in this run")
-    rows = rows[np.argsort(pooled.segment_index[rows], kind="stable")]
-    return {"segment_index": pooled.segment_index[rows], "p_negative": pooled.p_negative[rows],
-            "negative": pooled.negative[rows], "pred_negative": pooled.pred_negative[rows]}
-
-
-def pick_calls(pooled: Pooled, n: int = 3) -> List[str]:
-    """`n` calls worth a look: those with the most segments of the minority class (both negative and calm
-    turns, so a trajectory can show the switches), ties broken by call id."""
-    calls = sorted(set(pooled.call_id.tolist()))
-    def key(call):
-        gold = pooled.negative[pooled.call_id == call]
-        return (-min(int(gold.sum()), int(len(gold) - gold.sum())), call)
-    return sorted(calls, key=key)[:n]
-
-
 def align_to_manifest(pooled: Pooled, manifest: Manifest) -> np.ndarray:
     """int [n]: the manifest row of each pooled prediction, matched on (call_id, segment_index)."""
     where = {(c, int(s)): i for i, (c, s) in enumerate(zip(manifest.call_id, manifest.segment_index))}
@@ -342,41 +316,6 @@ def align_to_manifest(pooled: Pooled, manifest: Manifest) -> np.ndarray:
 def binary_errors(pooled: Pooled) -> np.ndarray:
     """int [n]: 1 where the binary decision (fold-tuned threshold) disagrees with the gold label."""
     return (pooled.pred_negative != pooled.negative).astype(np.int64)
-
-
-def pr_curve(y: np.ndarray, score: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Precision-recall curve of one label.
-
-    Args:
-        y: [n] gold 0/1; score: [n] probabilities.
-    Returns:
-        (precision [m], recall [m], average precision); empty arrays and NaN when `y` has no positive.
-    """
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
-    y = np.asarray(y) > 0
-    if not y.any():
-        return np.zeros(0), np.zeros(0), float("nan")
-    precision, recall, _ = precision_recall_curve(y, score)
-    return precision, recall, float(average_precision_score(y, score))
-
-
-def pr_curves(pooled: Pooled) -> Dict[str, Tuple[np.ndarray, np.ndarray, float]]:
-    """{"negative" and each fine label: pr_curve} on the rows fine metrics score (`Pooled.fine_rows`)."""
-    out = {"negative": pr_curve(pooled.negative, pooled.p_negative)}
-    keep = pooled.fine_rows()
-    for j, name in enumerate(pooled.labels):
-        out[name] = pr_curve(pooled.gold_fine[keep, j], pooled.p_fine[keep, j])
-    return out
-
-
-def prevalence(pooled: Pooled) -> Dict[str, float]:
-    """{"negative" and each fine label: share of scored segments that are gold positive} (a PR curve's chance level)."""
-    keep = pooled.fine_rows()
-    out = {"negative": float(pooled.negative.mean()) if len(pooled.negative) else float("nan")}
-    out.update({name: float(pooled.gold_fine[keep, j].mean()) if keep.any() else float("nan")
-                for j, name in enumerate(pooled.labels)})
-    return out
 
 
 def worst_errors(pooled: Pooled, n: int = 5) -> np.ndarray:

@@ -20,6 +20,7 @@ def test_demo_writes_summary_for_both_arms(tmp_path, capsys):
     assert len(folds["folds"]) == 2
     printed = capsys.readouterr().out
     assert "isolated" in printed and "contextual" in printed and "p=" in printed
+    assert (out / "report.html").is_file() and f"report: {out / 'report.html'}" in printed
     run = json.loads((out / "run.json").read_text())
     assert {"argv", "git", "seed", "versions"} <= set(run)
     # a rerun reuses everything (corpus, embeddings, finished folds) and gives the same table

@@ -47,6 +47,7 @@ class Manifest:
     negative: np.ndarray  # int64 [n] 0/1
     fine: np.ndarray  # float32 [n, c] 0/1
     line: np.ndarray  # int64 [n]: line (CSV) or line number (JSONL) of each row, for messages
+    has_gold: bool = False  # the file gave labels (a `negative`, `labels` or per-label column), not only ids
     _calls: Optional[List[np.ndarray]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -266,7 +267,8 @@ def load_manifest(
 
     manifest = Manifest(path=path, taxonomy=taxonomy, call_id=call_id, segment_index=segment_index, audio=audio,
                         start_sec=start, end_sec=end, caller_id=caller_id, role=role, negative=negative,
-                        fine=fine, line=line)
+                        fine=fine, line=line,
+                        has_gold=bool(has_label_list or label_columns or "negative" in columns))
     _check_caller_per_call(manifest)
     if require_audio and check_audio_exists:
         for i in range(n):

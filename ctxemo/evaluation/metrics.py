@@ -24,6 +24,7 @@ from sklearn.metrics import (
 
 NAN = float("nan")
 TOP_CONFUSED_PAIRS = 10
+CALIBRATION_BINS = 10  # equal-width probability bins of the ECE and the reliability diagram
 
 
 @contextmanager
@@ -61,6 +62,44 @@ def decision_f1(y: np.ndarray, pred: np.ndarray, *, average: str = "binary") -> 
     return float(f1_score(np.asarray(y) > 0, np.asarray(pred) > 0, average=average, zero_division=0))
 
 
+def calibration_bins(y: np.ndarray, p: np.ndarray, *, n_bins: int = CALIBRATION_BINS
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reliability of probabilities p [n] for 0/1 outcomes y [n] in `n_bins` equal-width bins of p.
+
+    Returns:
+        (edges [b + 1], mean predicted probability [b], observed positive share [b], rows [b]); the
+        means are NaN in empty bins. p = 1.0 falls in the last bin.
+    """
+    y, p = np.asarray(y, dtype=float).reshape(-1), np.asarray(p, dtype=float).reshape(-1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(which, weights=p, minlength=n_bins) / count
+        share = np.bincount(which, weights=y, minlength=n_bins) / count
+    return edges, mean_p, share, count
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the row-weighted mean |observed positive share - mean probability| over equal-width bins of p.
+    0 for perfectly calibrated probabilities; NaN without rows.
+
+    >>> expected_calibration_error(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5]))
+    0.0
+    """
+    _, mean_p, share, count = calibration_bins(y, p, n_bins=n_bins)
+    if count.sum() == 0:
+        return NAN
+    filled = count > 0
+    return float(np.sum(count[filled] * np.abs(share[filled] - mean_p[filled])) / count.sum())
+
+
+def brier_score(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean squared difference between probability and 0/1 outcome (lower is better); NaN without rows."""
+    y, p = np.asarray(y, dtype=float).reshape(-1), np.asarray(p, dtype=float).reshape(-1)
+    return float(np.mean((p - y) ** 2)) if y.size else NAN
+
+
 def binary_metrics(y_true: np.ndarray, p_neg: np.ndarray, *, threshold: float = 0.5) -> Dict[str, float]:
     """Negative-vs-not metrics, with negative emotion (y = 1) as the positive class.
 
@@ -71,7 +110,8 @@ def binary_metrics(y_true: np.ndarray, p_neg: np.ndarray, *, threshold: float = 
     Returns:
         flat dict: precision, recall, f1 (of the negative class); seed_weighted_f1 (sklearn
         average='weighted' over both classes, the figure the seed study reported); accuracy; auroc
-        and ap (NaN when y_true holds one class); support_negative, support_not_negative, n; threshold.
+        and ap (NaN when y_true holds one class); ece and brier (calibration of p_neg as a risk, see
+        `expected_calibration_error`, `brier_score`); support_negative, support_not_negative, n; threshold.
     """
     y = np.asarray(y_true).astype(int).reshape(-1)
     p = np.asarray(p_neg, dtype=float).reshape(-1)
@@ -92,6 +132,8 @@ def binary_metrics(y_true: np.ndarray, p_neg: np.ndarray, *, threshold: float = 
         "accuracy": float(accuracy_score(y, pred)) if y.size else NAN,
         "auroc": auroc,
         "ap": ap,
+        "ece": expected_calibration_error(y, p),
+        "brier": brier_score(y, p),
         "support_negative": int(y.sum()),
         "support_not_negative": int((y == 0).sum()),
         "n": int(y.size),

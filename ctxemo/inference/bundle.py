@@ -48,6 +48,7 @@ from ctxemo.evaluation.evaluate import Thresholds
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.calibration import TemperatureScaler
 from ctxemo.training.smoothing import PosteriorSmoother
 
 BUNDLE_FORMAT = "ctxemo-bundle/1"
@@ -192,6 +193,7 @@ class Bundle:
     device: torch.device = torch.device("cpu")
     warnings: List[str] = field(default_factory=list)
     smoother: Optional[PosteriorSmoother] = None  # context.kind: smooth
+    calibrator: Optional[TemperatureScaler] = None  # train.calibrate: temperature (applied last)
     _encoder: Any = None
 
     @property
@@ -271,7 +273,11 @@ class Bundle:
         if self.smoother is not None:  # along the call's caller segments, as in training
             callers = rows[scored]
             p_neg[callers], p_fine[callers] = self.smoother.smooth_call(p_neg[callers], p_fine[callers])
-        return CallScores(p_neg, p_fine)
+        return CallScores(self.calibrated(p_neg), p_fine)
+
+    def calibrated(self, p_negative):
+        """p_negative as the bundle outputs it: temperature-scaled when trained with train.calibrate."""
+        return p_negative if self.calibrator is None else self.calibrator.apply(p_negative)
 
     @torch.no_grad()
     def score_window(self, feats: np.ndarray, *, roles: Sequence[str], positions: np.ndarray,
@@ -310,7 +316,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresholds: Thresholds, d_in: int,
                 time_features_used: bool, encoder=None, train_info: Optional[Dict[str, Any]] = None,
-                smoother: Optional[PosteriorSmoother] = None) -> Path:
+                smoother: Optional[PosteriorSmoother] = None, calibrator: Optional[TemperatureScaler] = None) -> Path:
     """Write a bundle folder atomically (a reader sees the old bundle or the complete new one).
 
     Args:
@@ -325,6 +331,7 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             was trained on precomputed features.
         train_info: free-form facts about training (epochs, calls, inner-validation metrics).
         smoother: the posterior smoother of `context.kind: smooth` (its parameters go to bundle.json).
+        calibrator: the temperature of `train.calibrate: temperature` (goes to bundle.json too).
     Returns:
         The bundle folder.
     """
@@ -370,6 +377,7 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             "train": train_info or {}, "files": {name: _sha256(tmp / name) for name in files},
             "members": len(model.members) if isinstance(model, EnsembleCallModel) else 1,
             "smoother": None if smoother is None else smoother.state(),
+            "calibration": None if calibrator is None else calibrator.state(),
         })
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
@@ -472,4 +480,4 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bu
     smoother = PosteriorSmoother.from_state(meta["smoother"], taxonomy) if meta.get("smoother") else None
     return Bundle(path=folder, cfg=cfg, taxonomy=taxonomy, model=model, thresholds=thresholds, meta=meta,
                   versions=_read_json(folder / VERSIONS_FILE), encoder_info=encoder_info, device=device,
-                  smoother=smoother)
+                  smoother=smoother, calibrator=TemperatureScaler.from_state(meta.get("calibration")))

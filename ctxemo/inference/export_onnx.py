@@ -166,6 +166,7 @@ def export_onnx(bundle: Bundle | str | Path, out_dir: str | Path, *, check: bool
             "time_features": bundle.uses_time, "encoder": encoder_meta,
             "min_segment_sec": float(bundle.cfg.data.min_segment_sec),
             "smoother": bundle.meta.get("smoother"), "versions": bundle.versions,
+            "calibration": None if bundle.calibrator is None else bundle.calibrator.state(),
             "files": {name: sha256(tmp / name) for name in files},
         }
         if encoder_meta:

@@ -166,12 +166,13 @@ class LiveSession:
         p_negative, p_fine = self.bundle.score_window(np.stack(feats), roles=roles, positions=np.array(positions),
                                                       time_feats=np.stack(times).astype(np.float32))
         if self.bundle.smoother is None:
-            return p_negative, p_fine
+            return float(self.bundle.calibrated(p_negative)), p_fine
         # The smoothing route, causal: one forward step per caller segment gives its posterior exactly as
         # the offline forward-backward pass gives the last segment of a call.
         self._smoothing_state, p_negative, p_fine = self.bundle.smoother.filter_step(self._smoothing_state,
                                                                                      p_negative, p_fine)
-        return p_negative, p_fine
+        # Calibration after smoothing, as offline; the smoother's own state keeps the uncalibrated posterior.
+        return float(self.bundle.calibrated(p_negative)), p_fine
 
     # ------------------------------------------------------------------ the call so far
 

@@ -39,6 +39,7 @@ from ctxemo.evaluation.evaluate import Thresholds
 from ctxemo.inference.bundle import Bundle
 from ctxemo.models.chunking import split_into_chunks
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.calibration import TemperatureScaler
 from ctxemo.training.smoothing import PosteriorSmoother
 
 EXPORT_FORMAT = "ctxemo-onnx/1"
@@ -149,4 +150,4 @@ def load_onnx_bundle(folder: str | Path, *, threads: int = 1, spin: bool = True)
     smoother = PosteriorSmoother.from_state(meta["smoother"], taxonomy) if meta.get("smoother") else None
     return OnnxBundle(path=folder, cfg=cfg, taxonomy=taxonomy, model=None, thresholds=thresholds, meta=meta,
                       versions=meta.get("versions", {}), encoder_info=meta.get("encoder"), smoother=smoother,
-                      sessions=sessions)
+                      calibrator=TemperatureScaler.from_state(meta.get("calibration")), sessions=sessions)

@@ -15,12 +15,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ctxemo.errors import CtxemoError
+from ctxemo.io import atomic_path
 
 SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
 CALL_COLUMNS = ["call_id", "source", "roles", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
                 "caller_speech_sec", "negative_speech_sec", "negative_share", "mean_p_negative", "max_p_negative",
                 "longest_negative_run_segments", "longest_negative_run_sec", "longest_negative_run_start",
-                "longest_negative_run_end", "peak_segments"]
+                "longest_negative_run_end", "first_alert_segment", "time_to_first_alert_sec", "negative_changes",
+                "peak_segments"]
 # calls.csv `roles`: where each turn's role came from. A mono recording cannot tell caller from operator.
 ROLES_FROM_MANIFEST, ROLES_FROM_CHANNELS = "manifest", "channels"
 ROLES_UNKNOWN_MONO = "unknown (mono recording: every turn scored as the caller's)"
@@ -66,7 +68,12 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
     negative_share: negative caller speech time / all caller speech time.
     longest negative run: most consecutive negative caller segments (operator turns between them do
     not break a run), with their caller speech seconds and the run's start/end in the call.
+    first alert: the first caller segment decided negative (its segment_index) and the time from the
+    call's start to its end, when the alert can be raised (None without an alert or without times).
+    negative_changes: switches between negative and not along consecutive caller segments (how often an
+    operator's display would flip).
     peak_segments: the `n_peaks` caller segments with the highest p_negative.
+    negative_share is the share of caller speech time above the decision threshold.
     """
     scored = [r for r in records if r["p_negative"] is not None]
     speech = sum(r["duration"] or 0.0 for r in scored)
@@ -80,6 +87,8 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
             best = current
     peaks = sorted(scored, key=lambda r: -r["p_negative"])[:n_peaks]
     p = [r["p_negative"] for r in scored]
+    first = next((r for r in scored if r["negative"]), None)
+    decisions = [int(r["negative"]) for r in scored]
     return {
         "call_id": call_id, "source": source, "roles": roles, "duration_sec": _number(duration_sec, 3),
         "n_segments": len(records), "n_caller_segments": len(scored), "n_skipped": int(n_skipped),
@@ -90,6 +99,9 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
         "longest_negative_run_sec": round(seconds(best), 3),
         "longest_negative_run_start": best[0]["start"] if best else None,
         "longest_negative_run_end": best[-1]["end"] if best else None,
+        "first_alert_segment": first["segment_index"] if first else None,
+        "time_to_first_alert_sec": first["end"] if first else None,
+        "negative_changes": int(sum(a != b for a, b in zip(decisions, decisions[1:]))),
         "peak_segments": [{"segment_index": r["segment_index"], "start": r["start"], "p_negative": r["p_negative"]}
                           for r in peaks],
     }
@@ -106,35 +118,63 @@ def csv_value(column: str, value: Any) -> str:
     return str(value)
 
 
-def plot_trajectory(path: Path, records: Sequence[Dict[str, Any]], *, threshold: float, title: str) -> Path:
-    """PNG of p_negative along the call: caller segments as horizontal bars over their time span (or at
-    their index when times are unknown), the decision threshold dashed."""
-    import matplotlib
+LONG_CALL_SEC = 180.0  # a call longer than this is plotted in minutes (a 22-minute call in seconds is unreadable)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def trajectory_figure(records: Sequence[Dict[str, Any]], *, threshold: float, title: str,
+                      gold: Optional[Dict[int, int]] = None):
+    """p_negative along one call as a `matplotlib.figure.Figure` (no pyplot).
+
+    Caller turns are horizontal bars over their time span (at their index when times are unknown), red
+    when decided negative; operator turns are grey spans along the bottom; `gold` ({segment_index: 0/1}
+    of caller turns, from a labelled manifest) shades the gold-negative turns; the decision threshold is
+    dashed. Minutes on the x axis for calls over LONG_CALL_SEC.
+    """
+    from matplotlib.figure import Figure
 
     scored = [r for r in records if r["p_negative"] is not None]
-    timed = all(r["start"] is not None and r["end"] is not None for r in scored)
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    try:
-        for i, r in enumerate(scored):
-            a, b = (r["start"], r["end"]) if timed else (r["segment_index"] - 0.4, r["segment_index"] + 0.4)
-            ax.plot([a, b], [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3)
-        if scored:
-            mids = [((r["start"] + r["end"]) / 2 if timed else r["segment_index"]) for r in scored]
-            ax.plot(mids, [r["p_negative"] for r in scored], color="grey", lw=0.8, alpha=0.7)
-        ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("time in call (s)" if timed else "segment index")
-        ax.set_ylabel("p_negative (caller)")
-        ax.set_title(title)
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    timed = bool(scored) and all(r["start"] is not None and r["end"] is not None for r in records)
+    last_end = max((r["end"] for r in records), default=0.0) if timed else 0.0
+    scale = 60.0 if timed and last_end > LONG_CALL_SEC else 1.0
+
+    def span(r):
+        if timed:
+            return r["start"] / scale, r["end"] / scale
+        return r["segment_index"] - 0.4, r["segment_index"] + 0.4
+
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, r in enumerate(r for r in records if r["role"] == "operator"):
+        ax.axvspan(*span(r), ymin=0.0, ymax=0.05, color="0.55", lw=0, label="operator turn" if i == 0 else None)
+    gold_turns = [r for r in scored if gold and gold.get(r["segment_index"])]
+    for i, r in enumerate(gold_turns):
+        ax.axvspan(*span(r), color="tab:red", alpha=0.15, lw=0, label="gold: negative" if i == 0 else None)
+    labelled = set()
+    for r in scored:
+        name = "caller turn, decided negative" if r["negative"] else "caller turn, not negative"
+        ax.plot(span(r), [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3,
+                label=None if name in labelled else name)
+        labelled.add(name)
+    if scored:
+        mids = [sum(span(r)) / 2 for r in scored]
+        ax.plot(mids, [r["p_negative"] for r in scored], color="grey", lw=0.8, alpha=0.7)
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(("time in call (min)" if scale == 60.0 else "time in call (s)") if timed else "segment index")
+    ax.set_ylabel("p_negative (caller)")
+    gold_note = "" if gold else " (no gold labels)"
+    ax.set_title(f"{title}: p_negative per caller turn{gold_note}", fontsize=10, wrap=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_trajectory(path: Path, records: Sequence[Dict[str, Any]], *, threshold: float, title: str,
+                    gold: Optional[Dict[int, int]] = None) -> Path:
+    """PNG of `trajectory_figure` (written atomically)."""
+    fig = trajectory_figure(records, threshold=threshold, title=title, gold=gold)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 
@@ -154,6 +194,8 @@ class PredictionWriter:
                               ("skipped.csv", SKIPPED_COLUMNS), ("segments.jsonl", None), ("calls.jsonl", None)):
             path = self.out_dir / name
             fresh = not path.is_file() or path.stat().st_size == 0
+            if columns is not None and not fresh:
+                _check_header(path, columns)
             handle = open(path, "a", encoding="utf-8", newline="")
             if columns is not None and fresh:
                 csv.writer(handle).writerow(columns)
@@ -221,6 +263,15 @@ class PredictionWriter:
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
+
+
+def _check_header(path: Path, columns: Sequence[str]) -> None:
+    """A folder resumed by another ctxemo version must not get rows of other columns under its header."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header != list(columns):
+        raise CtxemoError(f"{path}: its columns differ from what this ctxemo writes ({len(header)} vs {len(columns)}; "
+                          "written by another version?); choose another --out or remove that folder")
 
 
 def _filter_csv(path: Path, keep_calls: set) -> None:

@@ -53,6 +53,7 @@ class PreparedSegment:
     segment_index: int
     wave: Optional[np.ndarray] = None  # mono at the bundle's rate; None when not embedded
     feat: Optional[np.ndarray] = None  # precomputed embedding
+    gold_negative: Optional[int] = None  # 0/1 from a manifest that carries labels (drawn on --plot), else None
 
 
 @dataclass
@@ -164,7 +165,8 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
         for r in rows:
             role, start, end = manifest.role[r], float(manifest.start_sec[r]), float(manifest.end_sec[r])
             seg = PreparedSegment(role=role, start=start, end=end, duration=end - start,
-                                  segment_index=int(manifest.segment_index[r]))
+                                  segment_index=int(manifest.segment_index[r]),
+                                  gold_negative=int(manifest.negative[r]) if manifest.has_gold else None)
             where = dict(segment_index=seg.segment_index, start=start, end=end)
             if feats is not None:
                 seg.feat = feats[r]
@@ -350,8 +352,10 @@ def _score_and_write(bundle: Bundle, call: PreparedCall, *, writer: PredictionWr
     if plot:
         try:
             name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call.call_id)
+            gold = {s.segment_index: s.gold_negative for s in call.segments
+                    if s.gold_negative is not None and s.role == "caller"}
             plot_trajectory(writer.out_dir / "plots" / f"{name}.png", records,
-                            threshold=bundle.thresholds.binary, title=call.call_id)
+                            threshold=bundle.thresholds.binary, title=call.call_id, gold=gold or None)
         except Exception as exc:  # a plot is a convenience; never lose a call's numbers for it
             log(f"[predict] {call.call_id}: plot failed ({type(exc).__name__}: {exc})")
     writer.write_call(records, result, call.skipped)

@@ -181,15 +181,17 @@ def trajectories(calls: Dict[str, Dict[str, Dict[str, np.ndarray]]]) -> Figure:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(-0.5, len(x) - 0.5)
         ax.set_ylabel("p_negative")
-        ax.set_title(f"call {call_id}", fontsize=9, loc="left")
+        ax.set_title(f"call {call_id}", fontsize=9, loc="left", wrap=True)  # long call ids wrap, not clip
         ticks = x[:: max(1, len(x) // 12)]
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(first["segment_index"][i]) for i in ticks], fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     if axes:
         axes[-1].set_xlabel("caller turn (segment_index); filled marker = decided negative")
-        axes[0].legend(fontsize=8, ncol=len(next(iter(calls.values()))) + 1, loc="lower right",
-                       bbox_to_anchor=(1.0, 1.0))
+        # One legend above all panels, at most 3 entries a row: a row of long arm names wider than the
+        # figure would squeeze the panels to nothing under constrained layout.
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside upper center", ncol=min(3, len(names)), fontsize=8, frameon=False)
     return fig
 
 

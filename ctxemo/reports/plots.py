@@ -138,7 +138,8 @@ def per_call_scatter(path: Path, x: np.ndarray, y: np.ndarray, *, x_name: str, y
     worse = int(np.sum(y > x))
     ax.set_xlabel(f"{x_name}: mean |p_negative - gold| per call")
     ax.set_ylabel(f"{y_name}: mean |p_negative - gold| per call")
-    ax.set_title(f"{y_name} vs {x_name}: lower error in {better}, higher in {worse} of {len(x)} calls", fontsize=9)
+    ax.set_title(f"{y_name} vs {x_name}: lower error in {better}, higher in {worse} of {len(x)} calls", fontsize=9,
+                 wrap=True)  # long arm names: wrapped inside the figure rather than cut off
     fig.colorbar(points, ax=ax, label="share of negative segments in the call")
     return _save(fig, path)
 

@@ -73,6 +73,16 @@ def detect_kind(run_dir: Path) -> str:
     raise CtxemoError(f"{run_dir}: neither a cv run (fold*/metrics.json) nor an ablation (<arm>/fold*/metrics.json)")
 
 
+def run_arms(run_dir: Path) -> Dict[str, Path]:
+    """{arm: folder}: an ablation's arm folders, or a cv folder as one arm named by its config's `name`."""
+    run_dir = Path(run_dir)
+    if detect_kind(run_dir) == "cv":
+        cfg = _read_config(run_dir)
+        name = OmegaConf.select(cfg, "name", default=None) if cfg is not None else None
+        return {str(name or run_dir.name): run_dir}
+    return arm_dirs(run_dir)
+
+
 def _reference(run_dir: Path, arms: Sequence[str]) -> str:
     cfg = _read_config(run_dir)
     ref = OmegaConf.select(cfg, "ablation.reference", default="") if cfg is not None else ""
@@ -195,21 +205,29 @@ def caller_groups(pooled: Pooled, arm_dir: Path) -> Tuple[np.ndarray, str]:
     """
     if pooled.caller_id is not None:
         return pooled.caller_id, "caller_id"
+    manifest = arm_manifest(arm_dir)
+    if manifest is not None:
+        caller_of = dict(zip(manifest.call_id, manifest.caller_id))
+        if all(c in caller_of for c in pooled.call_id):
+            return np.array([caller_of[c] for c in pooled.call_id], dtype=object), "caller_id"
+    return pooled.call_id, "call_id"
+
+
+def arm_manifest(arm_dir: Path):
+    """The manifest named in the arm's config.yaml (ids, roles, times, labels; audio not checked), or None
+    when the config names none, the file is gone or no longer reads."""
     cfg = _read_config(arm_dir)
     manifest_path = OmegaConf.select(cfg, "data.manifest", default=None) if cfg is not None else None
-    if manifest_path and Path(manifest_path).is_file():
-        from ctxemo.data.manifest import load_manifest
-        from ctxemo.taxonomy import Taxonomy
+    if not manifest_path or not Path(manifest_path).is_file():
+        return None
+    from ctxemo.data.manifest import load_manifest
+    from ctxemo.taxonomy import Taxonomy
 
-        try:
-            manifest = load_manifest(manifest_path, Taxonomy.from_config(cfg.taxonomy), require_audio=False,
-                                     check_audio_exists=False)
-            caller_of = dict(zip(manifest.call_id, manifest.caller_id))
-            if all(c in caller_of for c in pooled.call_id):
-                return np.array([caller_of[c] for c in pooled.call_id], dtype=object), "caller_id"
-        except CtxemoError:
-            pass
-    return pooled.call_id, "call_id"
+    try:
+        return load_manifest(manifest_path, Taxonomy.from_config(cfg.taxonomy), require_audio=False,
+                             check_audio_exists=False)
+    except CtxemoError:
+        return None
 
 
 # ----------------------------------------------------------------------------- metrics on pooled rows

@@ -51,7 +51,7 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
              progress: bool = True) -> Dict:
     """Train on the other folds' callers (inner validation for early stopping: one split or cross-fitting,
     see ctxemo.training.crossfit), tune thresholds on the inner out-of-fold predictions, then score the
-    test fold once. Writes metrics.json, predictions.csv, model.safetensors (and smoother.json)."""
+    test fold once. Writes metrics.json, predictions.csv, model.safetensors (and smoother.json, calibration.json)."""
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
     train_rows = np.setdiff1d(np.arange(len(manifest)), test_rows)
     model = train_fold_model(cfg, data, train_rows, taxonomy=taxonomy, fold=fold, fold_dir=fold_dir,
@@ -74,6 +74,8 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
     if model.smoother is not None:
         write_json(fold_dir / "smoother.json", model.smoother.state())
+    if model.calibrator is not None:
+        write_json(fold_dir / "calibration.json", model.calibrator.state())
     write_predictions(fold_dir / "predictions.csv", test_scores, manifest=manifest, fold=fold,
                       binary_threshold=binary_threshold, fine_thresholds=fine_thresholds)
     histories = [m.result.history for m in model.members]

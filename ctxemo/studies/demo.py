@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from ctxemo.config import load_config
+from ctxemo.reports.html_report import write_report
 from ctxemo.runinfo import start_run
 from ctxemo.studies.ablation import run_ablation
 
@@ -33,4 +34,5 @@ def run_demo(out_dir: str | Path = "runs/demo", *, n_calls: int = DEMO_CALLS, se
     start_run(out_dir, cfg, command="demo")
     result = run_ablation(cfg, out_dir, progress=progress, log=log)
     log(f"[demo] results in {out_dir}/summary.json and summary.md")
+    log(f"[demo] report: {write_report(out_dir)} (open it in a browser; it loads nothing from elsewhere)")
     return result

@@ -72,7 +72,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     bundle = save_bundle(run_dir / "bundle", cfg=cfg, model=model, thresholds=thresholds,
                          d_in=encoder.output_dim if end_to_end else data.feats.shape[1], encoder=encoder,
                          time_features_used=_has_timing(data, np.arange(len(manifest))), train_info=info,
-                         smoother=trained.smoother)
+                         smoother=trained.smoother, calibrator=trained.calibrator)
     histories = [m.result.history for m in trained.members]
     write_json(run_dir / "history.json", histories[0] if len(histories) == 1 else histories)
     # Inner-validation figures: what early stopping and thresholds saw; not an estimate of test performance.

@@ -24,6 +24,7 @@ from ctxemo.embedding.corpus import CorpusData
 from ctxemo.errors import ConfigError
 from ctxemo.evaluation.scoring import SegmentScores
 from ctxemo.taxonomy import Taxonomy
+from ctxemo.training.calibration import TemperatureScaler, fit_calibration
 from ctxemo.training.loop import TrainedModel
 from ctxemo.training.objective import build_objective
 from ctxemo.training.smoothing import PosteriorSmoother
@@ -42,6 +43,7 @@ class FoldModel:
     members: List[TrainedModel]
     info: Dict = field(default_factory=dict)  # best epochs, epochs run, call counts
     smoother: Optional[PosteriorSmoother] = None
+    calibrator: Optional[TemperatureScaler] = None  # train.calibrate: temperature
 
 
 def average_scores(parts: Sequence[SegmentScores]) -> SegmentScores:
@@ -130,10 +132,22 @@ def train_fold_model(cfg: DictConfig, data: CorpusData, train_rows: np.ndarray, 
         def score(calls: Sequence[CallItem]) -> SegmentScores:
             return smoother.apply(ensemble_score(calls), data.manifest)
 
+    # Calibration last: it rescales the probabilities the fold finally outputs (smoothed or not), fitted on
+    # the same out-of-fold rows the thresholds are then tuned on.
+    calibrator = fit_calibration(str(cfg.train.calibrate), oof)
+    if calibrator is not None:
+        oof = calibrator.apply_scores(oof)
+        uncalibrated = score
+
+        def score(calls: Sequence[CallItem]) -> SegmentScores:
+            return calibrator.apply_scores(uncalibrated(calls))
+
     info = {"best_epoch": best_epochs[0] if single else best_epochs, "epochs_run": epochs_run[0] if single else epochs_run,
             "n_fit_calls": n_fit[0] if single else n_fit, "n_val_calls": n_val[0] if single else n_val,
             "n_members": len(members), "n_inner_folds": len(splits)}
-    return FoldModel(oof=oof, score=score, members=members, info=info, smoother=smoother)
+    if calibrator is not None:
+        info["temperature"] = calibrator.temperature
+    return FoldModel(oof=oof, score=score, members=members, info=info, smoother=smoother, calibrator=calibrator)
 
 
 def discard_checkpoints(fold_dir: Path) -> None:
