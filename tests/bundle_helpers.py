@@ -18,7 +18,7 @@ def tiny_config(tmp_path, *overrides):
     return load_config(overrides=[f"out_dir={tmp_path / 'runs'}", *TINY, *overrides])
 
 
-def random_bundle(folder, cfg, *, d_in: int = 32, seed: int = 0, time_features_used: bool = True):
+def random_bundle(folder, cfg, *, d_in: int = 32, seed: int = 0, time_features_used: bool = True, calibrator=None):
     """A bundle around an untrained (random) CallModel: fast, and every weight matters."""
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     torch.manual_seed(seed)
@@ -26,7 +26,7 @@ def random_bundle(folder, cfg, *, d_in: int = 32, seed: int = 0, time_features_u
     model.context.set_feature_stats(0.1 * torch.randn(d_in), 0.5 + torch.rand(d_in))
     thresholds = Thresholds(binary=0.45, fine=np.linspace(0.2, 0.6, taxonomy.num_labels))
     return save_bundle(folder, cfg=cfg, model=model, thresholds=thresholds, d_in=d_in,
-                       time_features_used=time_features_used)
+                       time_features_used=time_features_used, calibrator=calibrator)
 
 
 def small_corpus(folder, *, n_calls: int = 4, seed: int = 0, turns=(6, 8)):

@@ -23,6 +23,7 @@ from ctxemo.inference.onnx_bundle import CONTEXT_FILE, FRAMES_FILE, load_onnx_bu
 from ctxemo.inference.predict import prepare_recording  # noqa: E402
 from ctxemo.models.call_model import build_call_model  # noqa: E402
 from ctxemo.taxonomy import Taxonomy  # noqa: E402
+from ctxemo.training.calibration import TemperatureScaler  # noqa: E402
 
 
 def lora_bundle(folder, cfg):
@@ -124,3 +125,20 @@ def test_cli_export(tmp_path, capsys):
     session = LiveSession(tmp_path / "fx")
     record = session.push_embedding(np.ones(5, np.float32), start_sec=0.0, end_sec=1.0)
     assert 0.0 <= record["p_negative"] <= 1.0
+
+
+def test_the_bundles_temperature_travels_with_the_export(tmp_path):
+    """train.calibrate=temperature is applied last; an export that dropped it would give other alert p."""
+    cfg = tiny_config(tmp_path, "context.causal=true", "context.window=3")
+    bundle = load_bundle(random_bundle(tmp_path / "b", cfg, d_in=32, calibrator=TemperatureScaler(2.5)))
+    onnx_bundle = load_onnx_bundle(export_onnx(bundle, tmp_path / "x"))
+    assert onnx_bundle.calibrator is not None and onnx_bundle.calibrator.temperature == pytest.approx(2.5)
+    feats = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    sessions = [LiveSession(bundle), LiveSession(onnx_bundle)]
+    for i, row in enumerate(feats):
+        got = [s.push_embedding(row, role="caller", start_sec=float(i), end_sec=i + 0.8)["p_negative"]
+               for s in sessions]
+        assert got[0] == pytest.approx(got[1], abs=1e-5)
+    raw = bundle.score_window(feats, roles=["caller"] * 5, positions=np.arange(5),
+                              time_feats=np.zeros((5, 2), np.float32))[0]
+    assert abs(got[0] - raw) > 1e-3  # the temperature changed the alert probability
