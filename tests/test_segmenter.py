@@ -18,6 +18,7 @@ from ctxemo.data.synthetic import CorpusSpec, generate_corpus
 from ctxemo.data.synthetic_voice import write_call_recordings
 
 SR = 16000
+ENERGY = SegmenterConfig(vad="energy")  # tone bursts are not speech to silero
 
 
 def tone_bursts(bursts, *, seconds: float, noise: float = 1e-4, seed: int = 0, freq: float = 200.0):
@@ -47,7 +48,7 @@ def test_hysteresis_keeps_dips_above_stop_and_drops_runs_that_never_start():
 
 
 def test_mono_bursts_boundaries_short_and_long():
-    cfg = SegmenterConfig(pad_sec=0.0, max_segment_sec=4.0)
+    cfg = SegmenterConfig(vad="energy", pad_sec=0.0, max_segment_sec=4.0)
     wave = tone_bursts([(1.0, 2.0), (2.2, 3.0), (4.0, 4.15), (5.0, 14.0)], seconds=15.0)
     seg = segment_recording(wave, sample_rate=SR, config=cfg)
     # The 0.2-s pause is bridged; the 0.15-s burst is too short; the 9-s one is split into <= 4-s pieces.
@@ -62,7 +63,7 @@ def test_mono_bursts_boundaries_short_and_long():
 
 def test_padding_never_overlaps_a_neighbour():
     wave = tone_bursts([(1.0, 2.0), (2.35, 3.0)], seconds=4.0)
-    seg = segment_recording(wave, sample_rate=SR, config=SegmenterConfig(pad_sec=0.3))
+    seg = segment_recording(wave, sample_rate=SR, config=SegmenterConfig(vad="energy", pad_sec=0.3))
     a, b = seg.segments
     assert a.start_sec == pytest.approx(0.7, abs=0.03) and a.end_sec <= b.start_sec
 
@@ -71,15 +72,16 @@ def test_stereo_owner_is_the_louder_channel_and_crosstalk_is_ignored():
     caller = tone_bursts([(0.5, 1.5), (3.0, 4.0)], seconds=5.0, seed=1)
     operator = tone_bursts([(1.8, 2.7)], seconds=5.0, seed=2, freq=300.0)
     audio = np.stack([caller + 0.03 * operator, operator + 0.03 * caller])  # -30 dB crosstalk both ways
-    seg = segment_recording(audio, sample_rate=SR)
+    seg = segment_recording(audio, sample_rate=SR, config=ENERGY)
     assert [(s.channel, round(s.start_sec, 1)) for s in seg.segments] == [(0, 0.4), (1, 1.7), (0, 2.9)]
     assert not seg.too_short
 
 
 def test_silence_and_digital_zeros_give_no_segments():
     for wave in (np.zeros(3 * SR), 1e-4 * np.random.default_rng(0).standard_normal(3 * SR)):
-        seg = segment_recording(wave, sample_rate=SR)
-        assert seg.segments == [] and seg.too_short == []
+        for cfg in (ENERGY, SegmenterConfig()):
+            seg = segment_recording(wave, sample_rate=SR, config=cfg)
+            assert seg.segments == [] and seg.too_short == []
 
 
 def test_config_is_checked():
