@@ -136,8 +136,8 @@ def main(argv=None) -> int:
         sources["espeak-ng"] = espeak
     else:
         print("espeak-ng not installed: synthetic voice only")
-    print(f"| source | condition | VAD | turns | segments | whole | roles right | median start / end error s "
-          f"(p90) | x real time |\n|---|---|---|---|---|---|---|---|---|")
+    print("| source | condition | VAD | turns | segments | whole | roles right | median start / end error s "
+          "(p90) | x real time |\n|---|---|---|---|---|---|---|---|---|")
     met = True
     for source, manifest in sources.items():
         for i, (name, options) in enumerate(CONDITIONS.items()):

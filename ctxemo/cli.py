@@ -12,7 +12,12 @@ from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
 from ctxemo.inference.bundle import load_bundle
-from ctxemo.inference.predict import parse_channels, predict_inputs
+from ctxemo.inference.predict import (
+    parse_channels,
+    predict_inputs,
+    segmenter_from_overrides,
+    split_segmenter_overrides,
+)
 
 
 def _int_at_least(low: int):
@@ -181,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle")
     p.add_argument("bundle")
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("inputs", nargs="+", help="manifests, recordings or folders of recordings; segmenter.KEY=VALUE "
+                   "items set the segmenter (e.g. segmenter.vad=energy segmenter.min_turn_sec=0.3)")
     p.add_argument("--out", default="predictions")
     p.add_argument("--live", action="store_true", help="score as if the call arrived segment by segment")
     p.add_argument("--channels", default=None, help="channel->role map for stereo calls, e.g. caller,operator")
@@ -223,9 +229,13 @@ if __name__ == "__main__":
 def predict_command(args) -> None:
     """`ctxemo predict BUNDLE INPUT... [--out DIR] [--live] [--channels caller,operator] [--plot] [--quiet]`."""
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    inputs, overrides = split_segmenter_overrides(args.inputs)  # `segmenter.vad=energy` etc. among the inputs
+    if not inputs:
+        raise CtxemoError("no input given: name manifests, recordings or folders (segmenter.* items are settings)")
+    segmenter = segmenter_from_overrides(overrides)
     bundle = load_bundle(args.bundle, device="auto")
-    summary = predict_inputs(bundle, args.inputs, args.out, channels=parse_channels(args.channels), live=args.live,
-                             plot=args.plot, features=getattr(args, "features", None), log=log)
+    summary = predict_inputs(bundle, inputs, args.out, channels=parse_channels(args.channels), live=args.live,
+                             plot=args.plot, features=getattr(args, "features", None), segmenter=segmenter, log=log)
     kept = f", kept {len(summary.resumed)} finished earlier" if summary.resumed else ""
     print(f"scored {len(summary.calls)} call(s), skipped {len(summary.skipped)} item(s){kept}; "
           f"results in {summary.out_dir}")

@@ -33,7 +33,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ctxemo.config import SegmenterConfig
-from ctxemo.data.call_frames import CallFrames, frame_power_db, frames_of_array, frames_of_file
+from ctxemo.data.call_frames import (
+    CallFrames,
+    frame_power_db,
+    frames_of_array,
+    frames_of_file,
+)
 from ctxemo.data.vad import resolve_vad
 
 __all__ = ["SegmenterConfig", "SpeechSegment", "Segmentation", "segment_recording", "segment_file",
@@ -60,6 +65,7 @@ class Segmentation:
     too_short: List[SpeechSegment] = field(default_factory=list)  # detected but too short to score
     duration_sec: float = 0.0
     floors_dbfs: List[float] = field(default_factory=list)  # noise floor per channel
+    not_speech: int = 0  # candidates silero-vad did not hear as speech (dropped)
 
 
 # ----------------------------------------------------------------------------- frame-level pieces
@@ -147,31 +153,37 @@ def assign_owners(active: np.ndarray, level_db: np.ndarray, *, crosstalk_db: flo
     if k == 1:
         owner[eligible[0]] = 0
         return owner
-    current, silent, contender, since = -1, 0, -1, 0
-    # A state machine over frames; a turn's own pauses keep `current`, so a contender needs `min_turn`.
+    # A state machine over frames. The owner keeps its turn through its own pauses (up to max_gap). Another
+    # channel becomes the contender while it speaks on its own (pauses up to min_turn frames allowed), also
+    # over the owner's speech (overlapping turn changes); once it has spoken min_turn frames and the owner
+    # is quiet, the turn is its own from the later of its first frame and the owner's last.
     # Plain lists: ~10x faster per frame than numpy indexing (an hour-long call has 360k frames).
     speaking_at, level_at = eligible.T.tolist(), level_db.T.tolist()
+    current, last_spoke, contender, since, count, quiet = -1, -1, -1, 0, 0, 0
     for f in range(n):
         speaking = speaking_at[f]
+        others = [c for c in range(k) if speaking[c] and c != current]
+        if others:
+            best = max(others, key=level_at[f].__getitem__)
+            if best != contender:
+                contender, since, count = best, f, 0
+            count, quiet = count + 1, 0
+        elif contender >= 0:
+            quiet += 1
+            if quiet > min_turn:
+                contender = -1
         if current >= 0 and speaking[current]:
-            owner[f], silent, contender = current, 0, -1
+            owner[f], last_spoke = current, f
             continue
-        silent += 1
-        if current >= 0 and silent > max_gap:
+        if current >= 0 and f - last_spoke > max_gap:
             current = -1  # the turn is over
-        candidates = [c for c in range(k) if speaking[c]]
-        if not candidates:
-            contender = -1
+        if contender < 0 or not speaking[contender]:
             continue
-        best = max(candidates, key=level_at[f].__getitem__)
         if current < 0:  # nobody's turn: the new speaker starts at once
-            current, owner[f], silent, contender = best, best, 0, -1
-            continue
-        if best != contender:
-            contender, since = best, f
-        if f - since + 1 >= min_turn:  # spoke long enough on its own: its turn, from where it began
-            current, silent, contender = best, 0, -1
-            owner[since:f + 1] = best
+            current, owner[f], last_spoke, contender = contender, contender, f, -1
+        elif count >= min_turn:  # spoke long enough on its own: its turn
+            owner[max(since, last_spoke + 1):f + 1] = contender
+            current, last_spoke, contender = contender, f, -1
     return owner
 
 
@@ -253,7 +265,8 @@ def segment_frames(frames: CallFrames, cfg: SegmenterConfig) -> Segmentation:
         smoothed = _moving_average(energy[c], int(round(0.2 / hop)))
         for a, b in runs(mine):
             regions += [(p, q, c) for p, q in _split_long(a, b, smoothed, max_len=max_len, min_len=min_len)]
-    regions = sorted(r for r in regions if is_speech(frames, r, cfg))
+    speech = sorted(r for r in regions if is_speech(frames, r, cfg))
+    not_speech, regions = len(regions) - len(speech), speech
 
     # Frames -> seconds, widened by pad_sec but never past the midpoint to a neighbour.
     half_frame = cfg.frame_sec / 2.0
@@ -267,4 +280,4 @@ def segment_frames(frames: CallFrames, cfg: SegmenterConfig) -> Segmentation:
                             channel=int(c), speech_sec=e - s)
         (segments if seg.speech_sec >= cfg.min_segment_sec - 1e-9 else too_short).append(seg)
     return Segmentation(segments=segments, too_short=too_short, duration_sec=duration,
-                        floors_dbfs=[float(f) for f in floors])
+                        floors_dbfs=[float(f) for f in floors], not_speech=not_speech)

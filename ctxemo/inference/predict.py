@@ -17,7 +17,8 @@ import numpy as np
 
 from ctxemo.data.audio import audio_info, read_audio
 from ctxemo.data.manifest import optional_sec
-from ctxemo.data.segmenter import SegmenterConfig, segment_recording
+from ctxemo.data.segmenter import SegmenterConfig, segment_file
+from ctxemo.data.vad import resolve_vad
 from ctxemo.errors import AudioError, CtxemoError, ManifestError
 from ctxemo.inference.bundle import Bundle, load_bundle
 from ctxemo.inference.outputs import (
@@ -31,6 +32,7 @@ from ctxemo.inference.outputs import (
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 CHANNEL_ROLES = ("caller", "operator", "ignore")
+EMBED_BATCH_SEGMENTS = 64  # segments read and embedded together (bundle.embed buckets them by length)
 
 
 class SkipInput(CtxemoError):
@@ -46,6 +48,15 @@ class PreparedSegment:
     segment_index: int
     wave: Optional[np.ndarray] = None  # mono at the bundle's rate; None when not embedded
     feat: Optional[np.ndarray] = None  # precomputed embedding
+    # A recording's segment is read only when it is embedded (path, channel, start, end, rate): a call's
+    # audio is never held whole, so memory does not grow with call length.
+    crop: Optional[tuple] = None
+
+    def load_wave(self) -> np.ndarray:
+        if self.wave is not None:
+            return self.wave
+        path, channel, start, end, sr = self.crop
+        return read_audio(path, start_sec=start, end_sec=end, channel=channel, target_sr=sr)
 
 
 @dataclass
@@ -67,6 +78,23 @@ class PredictSummary:
 
 
 # ----------------------------------------------------------------------------- preparing calls
+
+def segmenter_from_overrides(overrides: Sequence[str]) -> SegmenterConfig:
+    """`segmenter.key=value` items (the command line) -> SegmenterConfig; a bad key or value fails naming it."""
+    from omegaconf import OmegaConf
+
+    from ctxemo.config import load_config
+
+    cfg = load_config(overrides=list(overrides))
+    return SegmenterConfig(**OmegaConf.to_container(cfg.segmenter))
+
+
+def split_segmenter_overrides(items: Sequence[str]) -> tuple:
+    """(inputs, `segmenter.*=...` overrides) of predict's positional arguments; an existing file always
+    counts as an input, whatever its name."""
+    is_override = lambda item: item.startswith("segmenter.") and "=" in item and not Path(item).exists()  # noqa: E731
+    return [i for i in items if not is_override(i)], [i for i in items if is_override(i)]
+
 
 def parse_channels(text: Optional[str]) -> Optional[List[str]]:
     """'caller,operator' -> ['caller', 'operator'] (channel k -> role; 'ignore' drops a channel)."""
@@ -105,25 +133,26 @@ def prepare_recording(bundle: Bundle, path: Path, *, channels: Optional[List[str
         if info.frames == 0:
             raise SkipInput(f"{path}: empty recording (0 samples)")
         roles = _channel_roles(channels, int(info.channels), path)
-        sr = bundle.sample_rate
-        audio = np.stack([read_audio(path, channel=c, target_sr=sr) for c in range(int(info.channels))])
+        seg = segment_file(path, segmenter)  # read in blocks
     except AudioError as exc:
         raise SkipInput(str(exc)) from None
-    seg = segment_recording(audio, sample_rate=sr, config=segmenter)
     kept = [s for s in seg.segments if roles[s.channel] != "ignore"]
     short = [s for s in seg.too_short if roles[s.channel] != "ignore"]
     if not kept:
-        what = (f"only {len(short)} speech burst(s) shorter than {segmenter.min_segment_sec:.2f} s" if short
-                else f"no speech found (silent audio; noise floor {max(seg.floors_dbfs):.1f} dBFS)")
+        if short:
+            what = f"only {len(short)} speech burst(s) shorter than {segmenter.min_segment_sec:.2f} s"
+        elif seg.not_speech:
+            what = f"no speech found ({seg.not_speech} sound(s) that silero-vad did not hear as speech)"
+        else:
+            what = f"no speech found (silent audio; noise floor {max(seg.floors_dbfs):.1f} dBFS)"
         raise SkipInput(f"{path}: {what}")
-    segments = []
-    for i, s in enumerate(kept):
-        a, b = int(round(s.start_sec * sr)), int(round(s.end_sec * sr))
-        segments.append(PreparedSegment(role=roles[s.channel], start=s.start_sec, end=s.end_sec,
-                                        duration=s.end_sec - s.start_sec, segment_index=i,
-                                        wave=audio[s.channel, a:b]))
+    segments = [PreparedSegment(role=roles[s.channel], start=s.start_sec, end=s.end_sec,
+                                duration=s.end_sec - s.start_sec, segment_index=i,
+                                crop=(path, s.channel, s.start_sec, s.end_sec, bundle.sample_rate))
+                for i, s in enumerate(kept)]
     skipped = [skip_row(call_id, source, f"segment too short ({s.speech_sec:.2f} s of speech < "
-                         f"{segmenter.min_segment_sec:.2f} s)", start=s.start_sec, end=s.end_sec) for s in short]
+                        f"{segmenter.min_segment_sec:.2f} s)", start=s.start_sec, end=s.end_sec,
+                        role=roles[s.channel], channel=s.channel) for s in short]
     return PreparedCall(call_id=call_id, source=source, segments=segments, skipped=skipped,
                         duration_sec=seg.duration_sec)
 
@@ -155,7 +184,7 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
             role, start, end = manifest.role[r], float(manifest.start_sec[r]), float(manifest.end_sec[r])
             seg = PreparedSegment(role=role, start=start, end=end, duration=end - start,
                                   segment_index=int(manifest.segment_index[r]))
-            where = dict(segment_index=seg.segment_index, start=start, end=end)
+            where = dict(segment_index=seg.segment_index, start=start, end=end, role=role)
             if feats is not None:
                 seg.feat = feats[r]
             elif bundle.in_context([role])[0]:  # operator turns the model never sees are not read
@@ -189,8 +218,8 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
         records = []
         for s in segs:
             times = dict(start_sec=optional_sec(s.start), end_sec=optional_sec(s.end))
-            if s.wave is not None:
-                record = session.push(s.wave, sample_rate=bundle.sample_rate, role=s.role, **times)
+            if s.feat is None:
+                record = session.push(s.load_wave(), sample_rate=bundle.sample_rate, role=s.role, **times)
             else:
                 record = session.push_embedding(s.feat, role=s.role, duration_sec=_or_zero(s.duration), **times)
             record["segment_index"] = s.segment_index
@@ -203,8 +232,10 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
     if len(rows):
         if segs[rows[0]].feat is not None:
             feats[rows] = np.stack([segs[i].feat for i in rows])
-        else:
-            feats[rows] = bundle.embed([segs[i].wave for i in rows])
+        else:  # embedded as they are read, a batch at a time: a call's audio is never held whole
+            for a in range(0, len(rows), EMBED_BATCH_SEGMENTS):
+                part = rows[a:a + EMBED_BATCH_SEGMENTS]
+                feats[part] = bundle.embed([segs[i].load_wave() for i in part])
     start = np.array([s.start for s in segs], dtype=float)
     end = np.array([s.end for s in segs], dtype=float)
     scores = bundle.score_call(feats, roles=roles, start_sec=start, end_sec=end)
@@ -244,6 +275,9 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
 
         check_live_capable(bundle)
     paths = _expand(inputs)
+    _, note = resolve_vad(segmenter.vad)
+    if note and any(p.suffix.lower() in AUDIO_SUFFIXES for p in paths):
+        log(f"[predict] warning: {note}")
     if features is None and any(p.suffix.lower() in AUDIO_SUFFIXES + MANIFEST_SUFFIXES for p in paths):
         bundle.encoder()  # build and check it now: a refused encoder must stop the run, not skip every call
     options = {"live": bool(live), "channels": channels, "segmenter": asdict(segmenter),
