@@ -42,6 +42,9 @@ class DataConfig:
     channel: int = -1  # -1 mixes channels down; k >= 0 picks channel k
     min_segment_sec: float = 0.1  # shorter segments are zero-padded up to this length
     use_operator_turns: bool = False  # feed operator turns to the context stage (never scored)
+    # Share of segments embedded through a simulated telephone line (8 kHz, 300-3400 Hz, mu-law), a fixed
+    # draw per row (data/telephone.py): one model for wideband and telephone calls. 0 = audio as recorded.
+    telephone_share: float = 0.0
 
 
 @dataclass
@@ -276,6 +279,7 @@ RANGES: Dict[str, tuple] = {
     "cv.inner_folds": (0, None),
     "train.bucket_calls": (0, None),
     "train.min_delta": (0.0, None),
+    "data.telephone_share": (0.0, 1.0000001),
 }
 
 

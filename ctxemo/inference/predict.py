@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -66,6 +67,7 @@ class PreparedCall:
     segments: List[PreparedSegment]
     skipped: List[Dict[str, Any]] = field(default_factory=list)  # segment-level skipped rows
     duration_sec: Optional[float] = None
+    warnings: List[str] = field(default_factory=list)  # e.g. a band unlike the training audio's
 
 
 @dataclass
@@ -219,11 +221,15 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
         for s in segs:
             times = dict(start_sec=optional_sec(s.start), end_sec=optional_sec(s.end))
             if s.feat is None:
-                record = session.push(s.load_wave(), sample_rate=bundle.sample_rate, role=s.role, **times)
+                with warnings.catch_warnings():  # the session's band warning goes to the call's log instead
+                    warnings.simplefilter("ignore")
+                    record = session.push(s.load_wave(), sample_rate=bundle.sample_rate, role=s.role, **times)
             else:
                 record = session.push_embedding(s.feat, role=s.role, duration_sec=_or_zero(s.duration), **times)
             record["segment_index"] = s.segment_index
             records.append(record)
+        if session.band_warning:
+            call.warnings.append(session.band_warning)
         return records
     roles = [s.role for s in segs]
     in_context = bundle.in_context(roles)
@@ -235,13 +241,23 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
         else:  # embedded as they are read, a batch at a time: a call's audio is never held whole
             for a in range(0, len(rows), EMBED_BATCH_SEGMENTS):
                 part = rows[a:a + EMBED_BATCH_SEGMENTS]
-                feats[part] = bundle.embed([segs[i].load_wave() for i in part])
+                waves = [segs[i].load_wave() for i in part]
+                if a == 0:
+                    _check_band(bundle, call, [w for i, w in zip(part, waves) if segs[i].role == "caller"])
+                feats[part] = bundle.embed(waves)
     start = np.array([s.start for s in segs], dtype=float)
     end = np.array([s.end for s in segs], dtype=float)
     scores = bundle.score_call(feats, roles=roles, start_sec=start, end_sec=end)
     return [segment_record(bundle, call_id=call.call_id, segment_index=s.segment_index, start=s.start, end=s.end,
                            duration=s.duration, role=s.role, p_negative=scores.p_negative[i], p_fine=scores.p_fine[i])
             for i, s in enumerate(segs)]
+
+
+def _check_band(bundle: Bundle, call: PreparedCall, caller_waves: List[np.ndarray]) -> None:
+    """Compare the call's first caller segments' band with the training audio's (a warning on the call)."""
+    message = bundle.check_band(caller_waves, sample_rate=bundle.sample_rate, where=f"call {call.call_id}")
+    if message:
+        call.warnings.append(message)
 
 
 def _or_zero(x: float) -> float:
@@ -355,6 +371,8 @@ def _score_and_write(bundle: Bundle, call: PreparedCall, *, writer: PredictionWr
         summary.skipped += call.skipped
         raise SkipInput(f"call {call.call_id}: no usable segment ({len(call.skipped)} skipped)")
     records = score_prepared(bundle, call, live=live)
+    for message in call.warnings:
+        log(f"[predict] warning: {message}")
     result = summarize_call(records, call_id=call.call_id, source=call.source, duration_sec=call.duration_sec,
                             n_skipped=len(call.skipped))
     if plot:
