@@ -11,7 +11,11 @@ from ctxemo.config import SegmenterConfig
 from ctxemo.data.audio import resample
 from ctxemo.data.manifest import load_manifest
 from ctxemo.data.synthetic_voice import write_call_recordings
-from ctxemo.data.telephone import is_telephone_row, simulate_telephone, upper_band_edge_hz
+from ctxemo.data.telephone import (
+    is_telephone_row,
+    simulate_telephone,
+    upper_band_edge_hz,
+)
 from ctxemo.inference.bundle import load_bundle
 from ctxemo.inference.live import LiveSession
 from ctxemo.inference.predict import predict_inputs
