@@ -191,3 +191,13 @@ def test_segmenter_keys_are_in_the_config_schema():
         load_config(overrides=["segmenter.vad=neural"])
     with pytest.raises(ConfigError, match="stop_db"):
         load_config(overrides=["segmenter.stop_db=20"])
+
+
+def test_ownership_in_chunks_matches_one_pass(recordings, monkeypatch):
+    """assign_owners turns frames into lists a chunk at a time (memory); chunk edges must change nothing."""
+    import ctxemo.data.segmenter as segmenter
+
+    audio, sr = sf.read(recordings.parent / "call0002.wav", dtype="float32", always_2d=True)
+    whole = segment_recording(audio.T, sample_rate=sr, config=ENERGY)
+    monkeypatch.setattr(segmenter, "OWNER_CHUNK", 7)
+    assert segment_recording(audio.T, sample_rate=sr, config=ENERGY) == whole

@@ -132,6 +132,8 @@ def _split_long(a: int, b: int, energy: np.ndarray, *, max_len: int, min_len: in
 
 # ----------------------------------------------------------------------------- ownership
 
+OWNER_CHUNK = 4096  # frames whose flags become Python lists at once in `assign_owners`
+
 def assign_owners(active: np.ndarray, level_db: np.ndarray, *, crosstalk_db: float, min_turn: int,
                   max_gap: int) -> np.ndarray:
     """Which channel owns each frame (-1: nobody speaks).
@@ -157,14 +159,17 @@ def assign_owners(active: np.ndarray, level_db: np.ndarray, *, crosstalk_db: flo
     # channel becomes the contender while it speaks on its own (pauses up to min_turn frames allowed), also
     # over the owner's speech (overlapping turn changes); once it has spoken min_turn frames and the owner
     # is quiet, the turn is its own from the later of its first frame and the owner's last.
-    # Plain lists: ~10x faster per frame than numpy indexing (an hour-long call has 360k frames).
-    speaking_at, level_at = eligible.T.tolist(), level_db.T.tolist()
+    # Plain lists, ~10x faster per frame than numpy indexing (an hour-long call has 360k frames), made a
+    # chunk at a time: lists of the whole call would cost ~70 MB there.
     current, last_spoke, contender, since, count, quiet = -1, -1, -1, 0, 0, 0
     for f in range(n):
-        speaking = speaking_at[f]
+        if f % OWNER_CHUNK == 0:
+            speaking_at = eligible[:, f:f + OWNER_CHUNK].T.tolist()
+            level_at = level_db[:, f:f + OWNER_CHUNK].T.tolist()
+        speaking, levels = speaking_at[f % OWNER_CHUNK], level_at[f % OWNER_CHUNK]
         others = [c for c in range(k) if speaking[c] and c != current]
         if others:
-            best = max(others, key=level_at[f].__getitem__)
+            best = max(others, key=levels.__getitem__)
             if best != contender:
                 contender, since, count = best, f, 0
             count, quiet = count + 1, 0
