@@ -54,6 +54,7 @@ class PreparedSegment:
     crop: Optional[tuple] = None
 
     def load_wave(self) -> np.ndarray:
+        """The segment's samples (mono, at the bundle's rate): held, or read from its recording now."""
         if self.wave is not None:
             return self.wave
         path, channel, start, end, sr = self.crop
@@ -220,7 +221,7 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False) ->
         records = []
         for s in segs:
             times = dict(start_sec=optional_sec(s.start), end_sec=optional_sec(s.end))
-            if s.feat is None:
+            if s.wave is not None or s.crop is not None:
                 with warnings.catch_warnings():  # the session's band warning goes to the call's log instead
                     warnings.simplefilter("ignore")
                     record = session.push(s.load_wave(), sample_rate=bundle.sample_rate, role=s.role, **times)
