@@ -236,3 +236,26 @@ def test_cli_segmenter_settings_and_skipped_role_channel(setup, tmp_path, capsys
     assert "unknown config key 'segmenter.vda'" in capsys.readouterr().err
     assert main(["predict", bundle, wav, "segmenter.min_turn_sec=-1", "--out", str(tmp_path / "r")]) == 2
     assert "min_turn_sec" in capsys.readouterr().err
+
+
+def test_recordings_are_read_in_blocks_and_segments_as_cut(setup, tmp_path, monkeypatch):
+    """No read of a recording spans more than a block (segmentation) or a segment (embedding): memory
+    does not grow with call length (benchmarks/bench_call_memory.py measures it). A missing silero-vad
+    is said once, and the energy VAD cuts the call."""
+    import soundfile
+
+    import ctxemo.data.audio as audio
+    import ctxemo.data.call_frames as call_frames
+    import ctxemo.data.vad as vad
+
+    reads, blocks = [], []
+    real_read, real_blocks = audio.sf.read, call_frames.sf.blocks
+    monkeypatch.setattr(audio.sf, "read", lambda *a, **k: reads.append(k["stop"] - k["start"]) or real_read(*a, **k))
+    monkeypatch.setattr(call_frames.sf, "blocks", lambda *a, **k: blocks.append(k["blocksize"]) or real_blocks(*a, **k))
+    monkeypatch.setattr(vad, "silero_available", lambda: False)
+    wav, lines = setup["wavs"][0], []
+    summary = predict_inputs(setup["bundle"], [wav], tmp_path / "out", segmenter=SegmenterConfig(block_sec=2.0),
+                             log=lines.append)
+    assert summary.calls == [wav.stem] and blocks == [2 * SR]
+    assert soundfile.info(str(wav)).frames > 5 * max(reads) and max(reads) <= 2.0 * SR
+    assert sum("pip install --no-deps silero-vad" in line for line in lines) == 1
