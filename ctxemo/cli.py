@@ -12,7 +12,12 @@ from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
 from ctxemo.inference.bundle import load_bundle
-from ctxemo.inference.predict import parse_channels, predict_inputs
+from ctxemo.inference.predict import (
+    parse_channels,
+    predict_inputs,
+    segmenter_from_overrides,
+    split_segmenter_overrides,
+)
 
 
 def _int_at_least(low: int):
@@ -202,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "none was; every input, call or segment not scored is a row of skipped.csv.")
     p.add_argument("bundle", help="model bundle folder written by `ctxemo train` (e.g. runs/demo-train/bundle)")
     p.add_argument("inputs", nargs="+", help="manifests (.csv/.jsonl), recordings (.wav/.flac/.ogg/.mp3) or folders "
-                                             "of recordings; every other file in a folder is named and not read")
+                                             "of recordings; every other file in a folder is named and not read; "
+                                             "segmenter.KEY=VALUE items set the segmenter (e.g. segmenter.vad=energy "
+                                             "segmenter.min_turn_sec=0.3)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions); rerunning into it "
                                                         "with the same bundle and options resumes")
     p.add_argument("--live", action="store_true", help="score as if each call arrived segment by segment (needs a "
@@ -259,9 +266,13 @@ def predict_command(args) -> None:
 
     # tqdm.write keeps the lines above the progress bars.
     log = (lambda message: None) if args.quiet else (lambda message: tqdm.write(message, file=sys.stderr))
+    inputs, overrides = split_segmenter_overrides(args.inputs)  # `segmenter.vad=energy` etc. among the inputs
+    if not inputs:
+        raise CtxemoError("no input given: name manifests, recordings or folders (segmenter.* items are settings)")
+    segmenter = segmenter_from_overrides(overrides)
     bundle = load_bundle(args.bundle, device="auto")
-    summary = predict_inputs(bundle, args.inputs, args.out, channels=parse_channels(args.channels), live=args.live,
-                             plot=args.plot, features=getattr(args, "features", None), log=log,
+    summary = predict_inputs(bundle, inputs, args.out, channels=parse_channels(args.channels), live=args.live,
+                             plot=args.plot, features=getattr(args, "features", None), segmenter=segmenter, log=log,
                              progress=not args.quiet)
     kept = f", kept {len(summary.resumed)} finished earlier" if summary.resumed else ""
     print(f"scored {len(summary.calls)} call(s), skipped {len(summary.skipped)} item(s){kept}; "

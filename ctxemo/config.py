@@ -42,6 +42,9 @@ class DataConfig:
     channel: int = -1  # -1 mixes channels down; k >= 0 picks channel k
     min_segment_sec: float = 0.1  # shorter segments are zero-padded up to this and scored, on every path (data/short_segments.py)
     use_operator_turns: bool = False  # feed operator turns to the context stage (never scored)
+    # Share of segments embedded through a simulated telephone line (8 kHz, 300-3400 Hz, mu-law), a fixed
+    # draw per row (data/telephone.py): one model for wideband and telephone calls. 0 = audio as recorded.
+    telephone_share: float = 0.0
 
 
 @dataclass
@@ -162,6 +165,57 @@ class AblationConfig:
 
 
 @dataclass
+class SegmenterConfig:
+    """`segmenter.*`: cutting whole-call recordings into turns (data/segmenter.py says how each is used).
+
+    Seconds and dB; the defaults suit telephone speech. Not frozen: OmegaConf makes a frozen schema read-only.
+    """
+
+    # silero: a neural VAD per channel (pip install --no-deps silero-vad) decides which candidate turns are
+    # speech | energy: every candidate is. Candidates and their boundaries come from the energy thresholds.
+    vad: str = "silero"
+    speech_prob: float = 0.5  # silero: a turn is speech where its probability (0.1-s mean) reaches this
+    frame_sec: float = 0.02
+    hop_sec: float = 0.01
+    floor_quantile: float = 0.05  # share of frames assumed to be pauses (noise floor estimate)
+    start_db: float = 12.0  # energy: a segment starts where energy rises this far above the channel's floor ...
+    stop_db: float = 6.0  # ... and lasts while it stays this far above it
+    min_speech_dbfs: float = -55.0  # never start below this level: digital silence + dither is not speech
+    # Crosstalk: a channel this much quieter than another speaking channel only hears that one (its leak).
+    crosstalk_db: float = 12.0
+    # Ownership switches only after the new channel has spoken this long on its own; shorter bursts inside
+    # another speaker's turn (leaks, clicks, a backchannel) neither split that turn nor become turns.
+    min_turn_sec: float = 0.2
+    min_silence_sec: float = 0.3  # shorter pauses are bridged (pauses inside a turn) ...
+    # ... or, on a channel that carries one speaker (two-channel calls), pauses up to this long: a turn
+    # change shows up on the other channel there, so slow speech need not be cut into pieces.
+    speaker_min_silence_sec: float = 0.5
+    min_segment_sec: float = 0.3  # shorter segments are reported as too short, not scored
+    max_segment_sec: float = 15.0  # longer ones are split at their quietest pause
+    pad_sec: float = 0.1  # widen each segment by this much (never into a neighbour): onsets are soft
+    block_sec: float = 60.0  # recordings are read in blocks of this length (memory flat in call length)
+
+    def __post_init__(self) -> None:
+        if self.vad not in SEGMENTER_VADS:
+            raise ValueError(f"vad must be one of {SEGMENTER_VADS}, got {self.vad!r}")
+        if not 0 < self.hop_sec <= self.frame_sec:
+            raise ValueError(f"need 0 < hop_sec <= frame_sec, got {self.hop_sec}, {self.frame_sec}")
+        if self.stop_db > self.start_db:
+            raise ValueError(f"stop_db ({self.stop_db}) must not exceed start_db ({self.start_db})")
+        if not 0 <= self.speech_prob <= 1:
+            raise ValueError(f"speech_prob must lie in [0, 1], got {self.speech_prob}")
+        if not 0 < self.min_segment_sec < self.max_segment_sec:
+            raise ValueError(f"need 0 < min_segment_sec < max_segment_sec, got {self.min_segment_sec}, "
+                             f"{self.max_segment_sec}")
+        if self.block_sec < 1.0 or self.min_turn_sec < 0 or self.crosstalk_db <= 0:
+            raise ValueError(f"need block_sec >= 1, min_turn_sec >= 0, crosstalk_db > 0; got {self.block_sec}, "
+                             f"{self.min_turn_sec}, {self.crosstalk_db}")
+
+
+SEGMENTER_VADS = ("silero", "energy")  # data/vad.py
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -175,6 +229,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
 
 def parse_layers(layers: Union[str, int]) -> Union[str, int]:
@@ -214,6 +269,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
     "train.calibrate": ("none", "temperature"),  # training.calibration
+    "segmenter.vad": SEGMENTER_VADS,
 }
 
 
@@ -227,6 +283,7 @@ RANGES: Dict[str, tuple] = {
     "cv.inner_folds": (0, None),
     "train.bucket_calls": (0, None),
     "train.min_delta": (0.0, None),
+    "data.telephone_share": (0.0, 1.0000001),
 }
 
 
@@ -280,6 +337,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'ablation.baselines' names unknown baselines {unknown}; known: {list(BASELINES)}")
     if cfg.context.window and cfg.context.window_overlap >= cfg.context.window:
         raise ConfigError("config key 'context.window_overlap' must be smaller than 'context.window'")
+    try:  # the segmenter's own checks, named by key
+        SegmenterConfig(**OmegaConf.to_container(cfg.segmenter))
+    except ValueError as exc:
+        raise ConfigError(f"config key 'segmenter': {exc}") from None
     for key, (low, high) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value < low or (high is not None and value >= high):

@@ -13,6 +13,7 @@ from bundle_helpers import random_bundle, small_corpus, tiny_config
 
 import ctxemo.inference.predict as predict
 from ctxemo.cli import main
+from ctxemo.config import SegmenterConfig
 from ctxemo.data.synthetic_voice import write_call_recordings
 from ctxemo.inference.bundle import load_bundle
 from ctxemo.inference.predict import (
@@ -114,7 +115,8 @@ def test_bad_inputs_are_skipped_and_the_others_survive(setup, tmp_path):
     (folder / "g_notes.txt").write_text("not audio")
     shutil.copy(setup["wavs"][1], folder / "h_good.wav")
     inputs = sorted(folder.iterdir())
-    summary = predict_inputs(setup["bundle"], inputs, tmp_path / "out")
+    # The energy VAD: with silero, a tone burst is no speech at all (checked below).
+    summary = predict_inputs(setup["bundle"], inputs, tmp_path / "out", segmenter=SegmenterConfig(vad="energy"))
     assert summary.calls == ["a_good", "h_good"] and summary.errors == 0
     reasons = {row["call_id"]: row["reason"] for row in read_csv(tmp_path / "out" / "skipped.csv")}
     assert set(reasons) == {"b_garbage", "c_empty", "d_silent", "e_nan", "f_short", "g_notes"}
@@ -125,6 +127,9 @@ def test_bad_inputs_are_skipped_and_the_others_survive(setup, tmp_path):
     assert "shorter than 0.30 s" in reasons["f_short"]
     assert "unsupported input type" in reasons["g_notes"]
     assert {r["call_id"] for r in read_csv(tmp_path / "out" / "segments.csv")} == {"a_good", "h_good"}
+    predict_inputs(setup["bundle"], [folder / "f_short.wav"], tmp_path / "silero")
+    (row,) = read_csv(tmp_path / "silero" / "skipped.csv")
+    assert "1 sound(s) that silero-vad did not hear as speech" in row["reason"]
 
 
 def test_a_folder_names_every_file_it_does_not_read(setup, tmp_path, capsys):
@@ -306,3 +311,46 @@ def test_cli_predict_with_plot_and_live_refusal(setup, tmp_path, capsys):
     bi = random_bundle(tmp_path / "bi", tiny_config(tmp_path, "context.causal=false"))
     assert main(["predict", str(bi), str(setup["wavs"][0]), "--out", str(tmp_path / "r"), "--live", "--quiet"]) == 2
     assert "context.causal=false" in capsys.readouterr().err
+
+
+def test_cli_segmenter_settings_and_skipped_role_channel(setup, tmp_path, capsys):
+    """segmenter.* items on predict's command line set the segmenter; a bad one fails naming the key;
+    a too-short burst's skipped row names its role and channel."""
+    bundle, wav = str(setup["bundle"].path), str(setup["wavs"][0])
+    # min_segment_sec within the turns' lengths (0.6-1.2 s): the shorter turns become skipped rows.
+    assert main(["predict", bundle, wav, "segmenter.vad=energy", "segmenter.min_segment_sec=0.9",
+                 "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    rows = read_csv(tmp_path / "p" / "skipped.csv")
+    turns = [t for t in read_csv(setup["turns"]) if t["call_id"] == setup["wavs"][0].stem]
+    assert rows and all("segment too short" in r["reason"] and "< 0.90 s" in r["reason"] for r in rows)
+    for r in rows:
+        (t,) = [t for t in turns if float(t["start"]) < float(r["end"]) and float(r["start"]) < float(t["end"])]
+        assert (r["role"], r["channel"]) == (t["role"], "0" if t["role"] == "caller" else "1")
+    capsys.readouterr()
+    assert main(["predict", bundle, wav, "segmenter.vda=energy", "--out", str(tmp_path / "q")]) == 2
+    assert "unknown config key 'segmenter.vda'" in capsys.readouterr().err
+    assert main(["predict", bundle, wav, "segmenter.min_turn_sec=-1", "--out", str(tmp_path / "r")]) == 2
+    assert "min_turn_sec" in capsys.readouterr().err
+
+
+def test_recordings_are_read_in_blocks_and_segments_as_cut(setup, tmp_path, monkeypatch):
+    """No read of a recording spans more than a block (segmentation) or a segment (embedding): memory
+    does not grow with call length (benchmarks/bench_call_memory.py measures it). A missing silero-vad
+    is said once, and the energy VAD cuts the call."""
+    import soundfile
+
+    import ctxemo.data.audio as audio
+    import ctxemo.data.call_frames as call_frames
+    import ctxemo.data.vad as vad
+
+    reads, blocks = [], []
+    real_read, real_blocks = audio.sf.read, call_frames.sf.blocks
+    monkeypatch.setattr(audio.sf, "read", lambda *a, **k: reads.append(k["stop"] - k["start"]) or real_read(*a, **k))
+    monkeypatch.setattr(call_frames.sf, "blocks", lambda *a, **k: blocks.append(k["blocksize"]) or real_blocks(*a, **k))
+    monkeypatch.setattr(vad, "silero_available", lambda: False)
+    wav, lines = setup["wavs"][0], []
+    summary = predict_inputs(setup["bundle"], [wav], tmp_path / "out", segmenter=SegmenterConfig(block_sec=2.0),
+                             log=lines.append)
+    assert summary.calls == [wav.stem] and blocks == [2 * SR]
+    assert soundfile.info(str(wav)).frames > 5 * max(reads) and max(reads) <= 2.0 * SR
+    assert sum("pip install --no-deps silero-vad" in line for line in lines) == 1

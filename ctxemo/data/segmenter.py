@@ -1,56 +1,48 @@
-"""Cut a whole-call recording into speech segments: energy VAD with hysteresis, per channel.
+"""Cut a whole-call recording into speech segments (turns), per channel, with crosstalk-proof ownership.
 
-Method: frame energy (20-ms frames, 10-ms hop) against each channel's own noise floor (a low quantile
-of its frame energies). A segment starts where energy rises `start_db` above the floor and lasts while
-it stays `stop_db` above it (hysteresis: dips between syllables do not end it, short noise does not
-start it). On multi-channel calls, where several channels are active the one louder above its own
-floor owns the frame (the other hears crosstalk or echo). A speaker's pauses shorter than
-`min_silence_sec` (`speaker_min_silence_sec` when each channel carries one speaker) are bridged unless
-another channel speaks in them; segments longer than `max_segment_sec` are split at their quietest
-pause; shorter than `min_segment_sec` they are reported, not scored.
-Why this method: no new dependency or model download on a private hotline machine, deterministic and
-explainable thresholds, and on hotline recordings (one speaker per channel, or a clean mono line)
-energy relative to each channel's own floor is enough; gain and line noise may differ freely between
-calls and channels. It assumes at least `floor_quantile` of each channel is pause.
+Method, on the frame measures of `call_frames` (10-ms hop, read block by block):
+1. Activity per channel: energy against the channel's own noise floor (a low quantile of its frame
+   energies), two thresholds (`start_db` / `stop_db`): dips between syllables do not end it, short
+   noise does not start it.
+2. Crosstalk. On real lines each channel hears the other. A channel active `crosstalk_db` below
+   another active channel's level (0.1-s smoothed) only hears that one there.
+3. Ownership with hysteresis. A channel keeps a turn through its own pauses (up to
+   `speaker_min_silence_sec`); another channel takes over only after speaking `min_turn_sec` on its
+   own, and then from the start of that speech. Shorter bursts inside a turn (leak edges, clicks) can
+   neither split it nor become turns; that is what broke turns into pieces under crosstalk before.
+4. Per channel, pauses no other channel owns are bridged (`min_silence_sec` on mono); segments longer
+   than `max_segment_sec` are split at their quietest pause.
+5. `segmenter.vad: silero` (default): a candidate is kept only where silero-vad's speech probability
+   (0.1-s mean) reaches `speech_prob` somewhere inside it; line noise, clicks and tones are dropped.
+   `energy`: every candidate is kept. Shorter than `min_segment_sec`, a segment is reported, not
+   scored; each is widened by `pad_sec`, never into a neighbour.
+Why this split of work: silero separates speech from noise but cannot tell a leak from a voice (it is
+level-blind), and its 32-ms decisions drop whole syllables of some voices (on the project's synthetic
+voice, 20-50% of a turn's frames; benchmarks/README.md "Segmentation"), which would cut turns; the
+energy thresholds give boundaries to a frame and relative levels. Both run without a download
+(silero's model ships in its wheel), as a private hotline machine needs.
 
 Legend: k = channels, t = samples, f = frames.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-_EPS_POWER = 1e-10  # -100 dBFS: the energy of digital silence
+from ctxemo.config import SegmenterConfig
+from ctxemo.data.call_frames import (
+    CallFrames,
+    frame_power_db,
+    frames_of_array,
+    frames_of_file,
+)
+from ctxemo.data.vad import resolve_vad
 
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """Knobs of `segment_recording` (seconds and dB); the defaults suit telephone speech."""
-
-    frame_sec: float = 0.02
-    hop_sec: float = 0.01
-    floor_quantile: float = 0.05  # share of frames assumed to be pauses (noise floor estimate)
-    start_db: float = 12.0  # a segment starts where energy rises this far above the channel's floor ...
-    stop_db: float = 6.0  # ... and lasts while it stays this far above it
-    min_speech_dbfs: float = -55.0  # never start below this level: digital silence + dither is not speech
-    min_silence_sec: float = 0.3  # shorter pauses are bridged (pauses inside a turn) ...
-    # ... or, on a channel that carries one speaker (two-channel calls), pauses up to this long: a turn
-    # change shows up on the other channel there, so slow speech need not be cut into pieces.
-    speaker_min_silence_sec: float = 0.5
-    min_segment_sec: float = 0.3  # shorter segments are reported as too short, not scored
-    max_segment_sec: float = 15.0  # longer ones are split at their quietest pause
-    pad_sec: float = 0.1  # widen each segment by this much (never into a neighbour): onsets are soft
-
-    def __post_init__(self) -> None:
-        if not 0 < self.hop_sec <= self.frame_sec:
-            raise ValueError(f"need 0 < hop_sec <= frame_sec, got {self.hop_sec}, {self.frame_sec}")
-        if self.stop_db > self.start_db:
-            raise ValueError(f"stop_db ({self.stop_db}) must not exceed start_db ({self.start_db})")
-        if not 0 < self.min_segment_sec < self.max_segment_sec:
-            raise ValueError(f"need 0 < min_segment_sec < max_segment_sec, got {self.min_segment_sec}, "
-                             f"{self.max_segment_sec}")
+__all__ = ["SegmenterConfig", "SpeechSegment", "Segmentation", "segment_recording", "segment_file",
+           "segment_frames", "frame_energy_db", "runs", "hysteresis", "close_gaps", "assign_owners"]
 
 
 @dataclass(frozen=True)
@@ -73,12 +65,13 @@ class Segmentation:
     too_short: List[SpeechSegment] = field(default_factory=list)  # detected but too short to score
     duration_sec: float = 0.0
     floors_dbfs: List[float] = field(default_factory=list)  # noise floor per channel
+    not_speech: int = 0  # candidates silero-vad did not hear as speech (dropped)
 
 
 # ----------------------------------------------------------------------------- frame-level pieces
 
 def frame_energy_db(wave: np.ndarray, *, sample_rate: int, frame_sec: float, hop_sec: float) -> np.ndarray:
-    """Mean power per frame in dBFS, from a running sum of squares (O(t), no frame copies).
+    """Mean power per frame in dBFS of a mono array (what `call_frames` computes block by block).
 
     Args:
         wave: float [t] samples in [-1, 1].
@@ -87,13 +80,10 @@ def frame_energy_db(wave: np.ndarray, *, sample_rate: int, frame_sec: float, hop
     """
     frame = max(1, int(round(frame_sec * sample_rate)))
     hop = max(1, int(round(hop_sec * sample_rate)))
-    x = np.asarray(wave, dtype=np.float64)
-    if len(x) < frame:
-        x = np.pad(x, (0, frame - len(x)))
-    csum = np.concatenate([[0.0], np.cumsum(x * x)])
-    starts = np.arange(0, len(x) - frame + 1, hop)
-    power = (csum[starts + frame] - csum[starts]) / frame
-    return 10.0 * np.log10(np.maximum(power, 0.0) + _EPS_POWER)
+    x = np.asarray(wave, dtype=np.float64)[None]
+    if x.shape[1] < frame:
+        x = np.pad(x, ((0, 0), (0, frame - x.shape[1])))
+    return frame_power_db(x, frame, hop, 1 + (x.shape[1] - frame) // hop)[0]
 
 
 def runs(mask: np.ndarray) -> List[Tuple[int, int]]:
@@ -140,16 +130,78 @@ def _split_long(a: int, b: int, energy: np.ndarray, *, max_len: int, min_len: in
             + _split_long(cut, b, energy, max_len=max_len, min_len=min_len))
 
 
+# ----------------------------------------------------------------------------- ownership
+
+OWNER_CHUNK = 4096  # frames whose flags become Python lists at once in `assign_owners`
+
+def assign_owners(active: np.ndarray, level_db: np.ndarray, *, crosstalk_db: float, min_turn: int,
+                  max_gap: int) -> np.ndarray:
+    """Which channel owns each frame (-1: nobody speaks).
+
+    Args:
+        active: bool [k, f] speech activity per channel (crosstalk included).
+        level_db: float [k, f] smoothed frame energy, dBFS.
+        crosstalk_db: an active channel this far below another active one only hears that one.
+        min_turn: frames another channel must speak on its own before it takes over a turn.
+        max_gap: frames of the owner's silence after which its turn is over (the next speaker starts at once).
+    Returns:
+        int [f].
+    """
+    k, n = active.shape
+    louder = np.where(active, level_db, -np.inf)
+    loudest = louder.max(axis=0)
+    eligible = active & (loudest[None] - level_db <= crosstalk_db)  # not a leak of a louder channel
+    owner = np.full(n, -1, dtype=np.int64)
+    if k == 1:
+        owner[eligible[0]] = 0
+        return owner
+    # A state machine over frames. The owner keeps its turn through its own pauses (up to max_gap). Another
+    # channel becomes the contender while it speaks on its own (pauses up to min_turn frames allowed), also
+    # over the owner's speech (overlapping turn changes); once it has spoken min_turn frames and the owner
+    # is quiet, the turn is its own from the later of its first frame and the owner's last.
+    # Plain lists, ~10x faster per frame than numpy indexing (an hour-long call has 360k frames), made a
+    # chunk at a time: lists of the whole call would cost ~70 MB there.
+    current, last_spoke, contender, since, count, quiet = -1, -1, -1, 0, 0, 0
+    for f in range(n):
+        if f % OWNER_CHUNK == 0:
+            speaking_at = eligible[:, f:f + OWNER_CHUNK].T.tolist()
+            level_at = level_db[:, f:f + OWNER_CHUNK].T.tolist()
+        speaking, levels = speaking_at[f % OWNER_CHUNK], level_at[f % OWNER_CHUNK]
+        others = [c for c in range(k) if speaking[c] and c != current]
+        if others:
+            best = max(others, key=levels.__getitem__)
+            if best != contender:
+                contender, since, count = best, f, 0
+            count, quiet = count + 1, 0
+        elif contender >= 0:
+            quiet += 1
+            if quiet > min_turn:
+                contender = -1
+        if current >= 0 and speaking[current]:
+            owner[f], last_spoke = current, f
+            continue
+        if current >= 0 and f - last_spoke > max_gap:
+            current = -1  # the turn is over
+        if contender < 0 or not speaking[contender]:
+            continue
+        if current < 0:  # nobody's turn: the new speaker starts at once
+            current, owner[f], last_spoke, contender = contender, contender, f, -1
+        elif count >= min_turn:  # spoke long enough on its own: its turn
+            owner[max(since, last_spoke + 1):f + 1] = contender
+            current, last_spoke, contender = contender, f, -1
+    return owner
+
+
 # ----------------------------------------------------------------------------- whole recordings
 
 def segment_recording(audio: np.ndarray, *, sample_rate: int,
                       config: SegmenterConfig = SegmenterConfig()) -> Segmentation:
-    """Speech segments of a (mono or multi-channel) recording.
+    """Speech segments of an in-memory (mono or multi-channel) recording.
 
     Args:
         audio: float [t] (mono) or [k, t] (one row per channel), samples in [-1, 1], all finite.
         sample_rate: Hz.
-        config: thresholds and lengths.
+        config: `segmenter.*` settings.
     Returns:
         Segmentation: segments (time order, each owned by one channel), too-short detections, duration.
         No speech at all gives empty lists (the caller decides what a silent recording means).
@@ -158,35 +210,58 @@ def segment_recording(audio: np.ndarray, *, sample_rate: int,
         >>> sr = 16000; t = np.arange(3 * sr) / sr
         >>> wave = 1e-4 * np.random.default_rng(0).standard_normal(3 * sr)
         >>> wave[sr:2 * sr] += 0.3 * np.sin(2 * np.pi * 200 * t[sr:2 * sr])
-        >>> [(round(s.start_sec, 2), round(s.end_sec, 2)) for s in segment_recording(wave, sample_rate=sr).segments]
+        >>> cfg = SegmenterConfig(vad="energy")
+        >>> [(round(s.start_sec, 2), round(s.end_sec, 2)) for s in segment_recording(wave, sample_rate=sr, config=cfg).segments]
         [(0.9, 2.1)]
     """
-    audio = np.asarray(audio, dtype=np.float64)
-    if audio.ndim == 1:
-        audio = audio[None]
-    k, t = audio.shape
-    cfg = config
-    hop = cfg.hop_sec
-    energy = np.stack([frame_energy_db(ch, sample_rate=sample_rate, frame_sec=cfg.frame_sec, hop_sec=hop)
-                       for ch in audio])  # [k, f]
-    n_frames = energy.shape[1]
-    floors = np.quantile(energy, cfg.floor_quantile, axis=1)  # [k]
-    snr = energy - floors[:, None]
+    vad, _ = resolve_vad(config.vad)
+    return segment_frames(frames_of_array(audio, sample_rate=sample_rate, cfg=config, vad=vad), config)
 
-    # 1. Each channel on its own: two-threshold (hysteresis) activity against its own floor.
-    active = np.zeros((k, n_frames), dtype=bool)
-    for c in range(k):
+
+def segment_file(path: Path, config: SegmenterConfig = SegmenterConfig()) -> Segmentation:
+    """Speech segments of a recording on disk, read in blocks (memory flat in call length).
+
+    Raises:
+        AudioError: unreadable, empty or NaN samples, naming the file.
+    """
+    vad, _ = resolve_vad(config.vad)
+    return segment_frames(frames_of_file(Path(path), cfg=config, vad=vad), config)
+
+
+def channel_activity(energy_db: np.ndarray, floors: np.ndarray, cfg: SegmenterConfig) -> np.ndarray:
+    """bool [k, f]: step 1 of the method (energy against each channel's floor, with hysteresis)."""
+    active = np.zeros(energy_db.shape, dtype=bool)
+    for c in range(energy_db.shape[0]):
         start = max(floors[c] + cfg.start_db, cfg.min_speech_dbfs)
         stop = max(floors[c] + cfg.stop_db, cfg.min_speech_dbfs - (cfg.start_db - cfg.stop_db))
-        active[c] = hysteresis(energy[c], start=start, stop=stop)
+        active[c] = hysteresis(energy_db[c], start=start, stop=stop)
+    return active
 
-    # 2. Who owns each frame: of the active channels, the one louder above its own floor (smoothed over
-    # 0.1 s); the quieter one hears crosstalk or echo there.
-    smoothed_snr = np.stack([_moving_average(row, int(round(0.1 / hop))) for row in snr])
-    owner = np.where(active.any(axis=0), np.argmax(np.where(active, smoothed_snr, -np.inf), axis=0), -1)
 
-    # 3. Per channel, bridge pauses no other channel speaks in; split long regions at their quietest pause.
+def is_speech(frames: CallFrames, region: Tuple[int, int, int], cfg: SegmenterConfig) -> bool:
+    """Step 5: does silero hear speech somewhere in frames [a, b) of channel c (always, for the energy VAD)."""
+    if frames.speech_prob is None:
+        return True
+    a, b, c = region
+    prob = _moving_average(frames.speech_prob[c], int(round(0.1 / cfg.hop_sec)))
+    return bool(prob[a:b].max() >= cfg.speech_prob)
+
+
+def segment_frames(frames: CallFrames, cfg: SegmenterConfig) -> Segmentation:
+    """Speech segments from a recording's frame measures (steps 1-4 of the module docstring)."""
+    energy, hop = frames.energy_db, cfg.hop_sec
+    k = frames.n_channels
+    floors = np.quantile(energy, cfg.floor_quantile, axis=1)  # [k]
+    active = channel_activity(energy, floors, cfg)
+
+    # 2-3. Crosstalk and ownership.
+    level = np.stack([_moving_average(row, int(round(0.1 / hop))) for row in energy])
     max_gap = int(round((cfg.speaker_min_silence_sec if k > 1 else cfg.min_silence_sec) / hop))
+    owner = assign_owners(active, level, crosstalk_db=cfg.crosstalk_db,
+                          min_turn=max(1, int(round(cfg.min_turn_sec / hop))), max_gap=max_gap)
+
+    # 4-5. Per channel, bridge pauses no other channel speaks in; split long regions at their quietest pause;
+    # keep what silero hears as speech.
     max_len = max(1, int(round(cfg.max_segment_sec / hop)))
     min_len = max(1, int(round(cfg.min_segment_sec / hop)))
     regions: List[Tuple[int, int, int]] = []
@@ -195,11 +270,12 @@ def segment_recording(audio: np.ndarray, *, sample_rate: int,
         smoothed = _moving_average(energy[c], int(round(0.2 / hop)))
         for a, b in runs(mine):
             regions += [(p, q, c) for p, q in _split_long(a, b, smoothed, max_len=max_len, min_len=min_len)]
-    regions.sort()
+    speech = sorted(r for r in regions if is_speech(frames, r, cfg))
+    not_speech, regions = len(regions) - len(speech), speech
 
-    # 4. Frames -> seconds, widened by pad_sec but never past the midpoint to a neighbour.
+    # Frames -> seconds, widened by pad_sec but never past the midpoint to a neighbour.
     half_frame = cfg.frame_sec / 2.0
-    duration = t / float(sample_rate)
+    duration = frames.duration_sec
     bounds = [(a * hop + half_frame - hop / 2.0, (b - 1) * hop + half_frame + hop / 2.0) for a, b, _ in regions]
     segments, too_short = [], []
     for i, ((a, b, c), (s, e)) in enumerate(zip(regions, bounds)):
@@ -209,4 +285,4 @@ def segment_recording(audio: np.ndarray, *, sample_rate: int,
                             channel=int(c), speech_sec=e - s)
         (segments if seg.speech_sec >= cfg.min_segment_sec - 1e-9 else too_short).append(seg)
     return Segmentation(segments=segments, too_short=too_short, duration_sec=duration,
-                        floors_dbfs=[float(f) for f in floors])
+                        floors_dbfs=[float(f) for f in floors], not_speech=not_speech)

@@ -179,6 +179,9 @@ def write_call_recordings(
     stereo: bool = True,
     gap_sec: Tuple[float, float] = (0.3, 1.0),
     crosstalk_db: float = -40.0,
+    overlap_share: float = 0.0,
+    overlap_sec: Tuple[float, float] = (0.2, 0.5),
+    noise_dbfs: Optional[float] = None,
     seed: int = 0,
 ) -> Path:
     """Join each call's turns into one whole-call recording, with the true turn boundaries.
@@ -198,6 +201,9 @@ def write_call_recordings(
         stereo: two channels (caller, operator) or one.
         gap_sec: range of silence between turns.
         crosstalk_db: level of one speaker on the other's channel.
+        overlap_share: share of turn changes (caller <-> operator) where the next speaker starts before
+            the other has finished, by `overlap_sec` (at most half the earlier turn); the turns then overlap.
+        noise_dbfs: line noise added to both channels over the whole call (None: only the turns' own).
         seed: gaps and noise (a call's recording depends on `seed` and its call_id only).
     Returns:
         Path of turns.csv.
@@ -231,21 +237,29 @@ def write_call_recordings(
             waves.append(wave.mean(axis=1))
         assert sample_rate is not None
         gaps = [int(round(rng.uniform(*gap_sec) * sample_rate)) for _ in range(len(waves) + 1)]
-        total = sum(gaps) + sum(len(w) for w in waves)
+        starts, pos = [], gaps[0]
+        for i, (row, wave) in enumerate(zip(rows, waves)):
+            if overlap_share > 0 and i and row["role"] != rows[i - 1]["role"] and rng.random() < overlap_share:
+                pos -= gaps[i] + min(int(rng.uniform(*overlap_sec) * sample_rate), len(waves[i - 1]) // 2)
+            starts.append(pos)
+            pos += len(wave) + gaps[i + 1]
+        total = pos
         floors = [_noise_floor([w for w, r in zip(waves, rows) if _channel_of(r) == ch], sample_rate) for ch in (0, 1)]
         audio = np.stack([rng.normal(0.0, floor, total) for floor in floors], axis=1)
-        pos = gaps[0]
-        for row, wave, gap in zip(rows, waves, gaps[1:]):
+        speech = np.zeros_like(audio)  # each speaker's own channel; the line noise stays where it is
+        for row, wave, pos in zip(rows, waves, starts):
             own = _channel_of(row)
-            audio[pos:pos + len(wave), own] = wave  # the turn carries its own line noise
-            audio[pos:pos + len(wave), 1 - own] += cross * wave
+            speech[pos:pos + len(wave), own] += wave  # the turn carries its own line noise
+            audio[pos:pos + len(wave), own] = 0.0
             turns.append({
                 "call_id": call_id, "segment_index": int(row["segment_index"]), "role": row["role"],
                 "start": f"{pos / sample_rate:.6f}", "end": f"{(pos + len(wave)) / sample_rate:.6f}",
                 "audio": f"{call_id}.wav", "caller_id": row.get("caller_id", ""),
                 "negative": row.get("negative", ""), "labels": row.get("labels", ""),
             })
-            pos += len(wave) + gap
+        audio += speech + cross * speech[:, ::-1]
+        if noise_dbfs is not None:
+            audio += rng.normal(0.0, 10.0 ** (noise_dbfs / 20.0), audio.shape)
         if not stereo:
             audio = audio.sum(axis=1)
         sf.write(out / f"{call_id}.wav", np.clip(audio, -0.999, 0.999).astype(np.float32), sample_rate,

@@ -104,6 +104,8 @@ def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = 
         "min_segment_sec": float(cfg.data.min_segment_sec),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+    if cfg.data.get("telephone_share", 0.0):  # only when set: older caches keep their fingerprints
+        description["telephone_share"] = float(cfg.data.telephone_share)
     if encoder is not None:
         digest = hashlib.sha256()
         for name, tensor in sorted(encoder.trainable_state_dict().items()):

@@ -36,13 +36,15 @@ class EmbedSettings:
     batch_size: int = 16
     max_batch_sec: float = 160.0
     device: str = "auto"
+    telephone_share: float = 0.0  # data.telephone_share
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EmbedSettings":
         return cls(sample_rate=int(cfg.data.sample_rate), channel=int(cfg.data.channel),
                    min_segment_sec=float(cfg.data.min_segment_sec), batch_size=int(cfg.encoder.batch_size),
                    max_batch_sec=float(cfg.encoder.max_batch_sec),
-                   device=str(OmegaConf.select(cfg, "train.device", default="auto")))
+                   device=str(OmegaConf.select(cfg, "train.device", default="auto")),
+                   telephone_share=float(OmegaConf.select(cfg, "data.telephone_share", default=0.0)))
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,13 @@ def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch
 def read_segment(settings: EmbedSettings, spec: AudioSpec) -> np.ndarray:
     """One segment's mono waveform, cropped, at the settings' sample rate from their channel."""
     from ctxemo.data.audio import read_audio
+    from ctxemo.data.telephone import is_telephone_row, simulate_telephone
 
-    return read_audio(spec.path, start_sec=spec.start_sec, end_sec=spec.end_sec, channel=settings.channel,
+    wave = read_audio(spec.path, start_sec=spec.start_sec, end_sec=spec.end_sec, channel=settings.channel,
                       target_sr=settings.sample_rate)
+    if is_telephone_row(f"{spec.path}|{spec.start_sec}|{spec.end_sec}", settings.telephone_share):
+        wave = simulate_telephone(wave, settings.sample_rate)
+    return wave
 
 
 def pad_segments(settings: EmbedSettings, waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:

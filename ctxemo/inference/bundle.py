@@ -222,6 +222,30 @@ class Bundle:
     def use_operator_turns(self) -> bool:
         return bool(self.cfg.data.use_operator_turns)
 
+    @property
+    def training_audio(self) -> Dict[str, Any]:
+        """{"sample_rate_hz", "upper_band_edge_hz", "telephone_share"} of the training audio ({} for older
+        bundles and precomputed features)."""
+        return dict(self.meta.get("train", {}).get("audio") or {})
+
+    def check_band(self, waves: Sequence[np.ndarray], *, sample_rate: int, where: str) -> Optional[str]:
+        """A warning when these waves' band edge differs from the training audio's:
+        a wideband model reads telephone audio as another voice. None when they match or nothing is known."""
+        from ctxemo.data.telephone import band_mismatch, upper_band_edge_hz
+
+        trained = self.training_audio
+        edge = upper_band_edge_hz(waves, sample_rate)
+        if not band_mismatch(trained.get("upper_band_edge_hz"), edge):
+            return None
+        narrower = edge < trained["upper_band_edge_hz"]
+        if narrower and trained.get("telephone_share"):
+            return None  # trained with simulated telephone audio too
+        message = (f"{where}: audio band ends at {edge / 1000:.1f} kHz but the bundle's training audio at "
+                   f"{trained['upper_band_edge_hz'] / 1000:.1f} kHz (training files {trained.get('sample_rate_hz')} Hz)"
+                   + ("; telephone-band input to a wideband model: scores may be biased (train with "
+                      "data.telephone_share > 0 for one model that serves both)" if narrower else ""))
+        return message
+
     def encoder(self):
         """The SegmentEncoder, built and checked against the recorded fingerprint + probe on first use."""
         if self._encoder is None:

@@ -82,6 +82,8 @@ class LiveSession:
         self._last_context_end: Optional[float] = None
         self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
         self.records = []
+        self.band_warning: Optional[str] = None  # set by the first caller turn when its band is not the training one
+        self._band_checked = False
 
     # ------------------------------------------------------------------ pushing segments
 
@@ -111,6 +113,11 @@ class LiveSession:
         if not np.isfinite(wave).all():
             raise AudioError(f"call {self.call_id}: segment holds NaN or Inf samples")
         duration = len(wave) / float(sample_rate)
+        if role == "caller" and not self._band_checked:  # once per call: a telephone line stays one
+            self._band_checked = True
+            self.band_warning = self.bundle.check_band([wave], sample_rate=int(sample_rate), where=f"call {self.call_id}")
+            if self.band_warning:
+                warnings.warn(self.band_warning, stacklevel=2)
         wave = resample(wave, orig_sr=int(sample_rate), target_sr=self.bundle.sample_rate)
         embedding = None
         if self._enters_context(role):

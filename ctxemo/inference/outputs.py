@@ -26,7 +26,7 @@ CALL_COLUMNS = ["call_id", "source", "roles", "duration_sec", "n_segments", "n_c
 # calls.csv `roles`: where each turn's role came from. A mono recording cannot tell caller from operator.
 ROLES_FROM_MANIFEST, ROLES_FROM_CHANNELS = "manifest", "channels"
 ROLES_UNKNOWN_MONO = "unknown (mono recording: every turn scored as the caller's)"
-SKIPPED_COLUMNS = ["call_id", "source", "segment_index", "start", "end", "reason"]
+SKIPPED_COLUMNS = ["call_id", "source", "segment_index", "start", "end", "role", "channel", "reason"]
 RUN_FILE = "predict.json"  # bundle + options of the predictions in a folder (a rerun must match to resume)
 
 
@@ -307,8 +307,10 @@ def _filter_jsonl(path: Path, keep_calls: set) -> None:
         os.replace(tmp, path)
 
 
-def skip_row(call_id: str, source: str, reason: str, *, segment_index=None, start=None, end=None) -> Dict[str, Any]:
-    """A row of skipped.csv: a whole input (no segment) or one segment of a call, and why."""
+def skip_row(call_id: str, source: str, reason: str, *, segment_index=None, start=None, end=None, role=None,
+             channel=None) -> Dict[str, Any]:
+    """A row of skipped.csv: a whole input (no segment) or one segment of a call (its role, and the
+    recording channel it came from when cut from a whole-call recording), and why."""
     rnd = lambda v: None if v is None or np.isnan(v) else round(float(v), 3)  # noqa: E731
     return {"call_id": call_id, "source": source, "segment_index": segment_index, "start": rnd(start),
-            "end": rnd(end), "reason": reason}
+            "end": rnd(end), "role": role, "channel": channel, "reason": reason}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -19,7 +20,8 @@ from tqdm import tqdm
 
 from ctxemo.data.audio import audio_info, read_audio
 from ctxemo.data.manifest import optional_sec
-from ctxemo.data.segmenter import SegmenterConfig, segment_recording
+from ctxemo.data.segmenter import SegmenterConfig, segment_file
+from ctxemo.data.vad import resolve_vad
 from ctxemo.errors import AudioError, CtxemoError, ManifestError
 from ctxemo.inference.bundle import Bundle, load_bundle
 from ctxemo.inference.outputs import (
@@ -38,6 +40,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available
 UNREADABLE_AUDIO_SUFFIXES = (".m4a", ".aac", ".mp4", ".wma", ".amr", ".opus", ".webm", ".3gp", ".mp3")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 CHANNEL_ROLES = ("caller", "operator", "ignore")
+EMBED_BATCH_SEGMENTS = 64  # segments read and embedded together (bundle.embed buckets them by length)
 
 
 class SkipInput(CtxemoError):
@@ -54,6 +57,16 @@ class PreparedSegment:
     wave: Optional[np.ndarray] = None  # mono at the bundle's rate; None when not embedded
     feat: Optional[np.ndarray] = None  # precomputed embedding
     gold_negative: Optional[int] = None  # 0/1 from a manifest that carries labels (drawn on --plot), else None
+    # A recording's segment is read only when it is embedded (path, channel, start, end, rate): a call's
+    # audio is never held whole, so memory does not grow with call length.
+    crop: Optional[tuple] = None
+
+    def load_wave(self) -> np.ndarray:
+        """The segment's samples (mono, at the bundle's rate): held, or read from its recording now."""
+        if self.wave is not None:
+            return self.wave
+        path, channel, start, end, sr = self.crop
+        return read_audio(path, start_sec=start, end_sec=end, channel=channel, target_sr=sr)
 
 
 @dataclass
@@ -64,6 +77,7 @@ class PreparedCall:
     skipped: List[Dict[str, Any]] = field(default_factory=list)  # segment-level skipped rows
     duration_sec: Optional[float] = None
     roles: str = ROLES_FROM_MANIFEST  # where the roles came from (calls.csv `roles`)
+    warnings: List[str] = field(default_factory=list)  # e.g. a band unlike the training audio's
 
 
 @dataclass
@@ -76,6 +90,23 @@ class PredictSummary:
 
 
 # ----------------------------------------------------------------------------- preparing calls
+
+def segmenter_from_overrides(overrides: Sequence[str]) -> SegmenterConfig:
+    """`segmenter.key=value` items (the command line) -> SegmenterConfig; a bad key or value fails naming it."""
+    from omegaconf import OmegaConf
+
+    from ctxemo.config import load_config
+
+    cfg = load_config(overrides=list(overrides))
+    return SegmenterConfig(**OmegaConf.to_container(cfg.segmenter))
+
+
+def split_segmenter_overrides(items: Sequence[str]) -> tuple:
+    """(inputs, `segmenter.*=...` overrides) of predict's positional arguments; an existing file always
+    counts as an input, whatever its name."""
+    is_override = lambda item: item.startswith("segmenter.") and "=" in item and not Path(item).exists()  # noqa: E731
+    return [i for i in items if not is_override(i)], [i for i in items if is_override(i)]
+
 
 def parse_channels(text: Optional[str]) -> Optional[List[str]]:
     """'caller,operator' -> ['caller', 'operator'] (channel k -> role; 'ignore' drops a channel)."""
@@ -114,25 +145,26 @@ def prepare_recording(bundle: Bundle, path: Path, *, channels: Optional[List[str
         if info.frames == 0:
             raise SkipInput(f"{path}: empty recording (0 samples)")
         roles = _channel_roles(channels, int(info.channels), path)
-        sr = bundle.sample_rate
-        audio = np.stack([read_audio(path, channel=c, target_sr=sr) for c in range(int(info.channels))])
+        seg = segment_file(path, segmenter)  # read in blocks
     except AudioError as exc:
         raise SkipInput(str(exc)) from None
-    seg = segment_recording(audio, sample_rate=sr, config=segmenter)
     kept = [s for s in seg.segments if roles[s.channel] != "ignore"]
     short = [s for s in seg.too_short if roles[s.channel] != "ignore"]
     if not kept:
-        what = (f"only {len(short)} speech burst(s) shorter than {segmenter.min_segment_sec:.2f} s" if short
-                else f"no speech found (silent audio; noise floor {max(seg.floors_dbfs):.1f} dBFS)")
+        if short:
+            what = f"only {len(short)} speech burst(s) shorter than {segmenter.min_segment_sec:.2f} s"
+        elif seg.not_speech:
+            what = f"no speech found ({seg.not_speech} sound(s) that silero-vad did not hear as speech)"
+        else:
+            what = f"no speech found (silent audio; noise floor {max(seg.floors_dbfs):.1f} dBFS)"
         raise SkipInput(f"{path}: {what}")
-    segments = []
-    for i, s in enumerate(kept):
-        a, b = int(round(s.start_sec * sr)), int(round(s.end_sec * sr))
-        segments.append(PreparedSegment(role=roles[s.channel], start=s.start_sec, end=s.end_sec,
-                                        duration=s.end_sec - s.start_sec, segment_index=i,
-                                        wave=audio[s.channel, a:b]))
+    segments = [PreparedSegment(role=roles[s.channel], start=s.start_sec, end=s.end_sec,
+                                duration=s.end_sec - s.start_sec, segment_index=i,
+                                crop=(path, s.channel, s.start_sec, s.end_sec, bundle.sample_rate))
+                for i, s in enumerate(kept)]
     skipped = [skip_row(call_id, source, f"segment too short ({s.speech_sec:.2f} s of speech < "
-                         f"{segmenter.min_segment_sec:.2f} s)", start=s.start_sec, end=s.end_sec) for s in short]
+                        f"{segmenter.min_segment_sec:.2f} s)", start=s.start_sec, end=s.end_sec,
+                        role=roles[s.channel], channel=s.channel) for s in short]
     # One channel and no --channels: nothing tells caller from operator, so every turn is taken as the caller's.
     known = int(info.channels) > 1 or channels is not None
     return PreparedCall(call_id=call_id, source=source, segments=segments, skipped=skipped,
@@ -167,7 +199,7 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
             seg = PreparedSegment(role=role, start=start, end=end, duration=end - start,
                                   segment_index=int(manifest.segment_index[r]),
                                   gold_negative=int(manifest.negative[r]) if manifest.has_gold else None)
-            where = dict(segment_index=seg.segment_index, start=start, end=end)
+            where = dict(segment_index=seg.segment_index, start=start, end=end, role=role)
             if feats is not None:
                 seg.feat = feats[r]
             elif bundle.in_context([role])[0]:  # operator turns the model never sees are not read
@@ -199,13 +231,17 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False,
         records = []
         for s in segs:
             times = dict(start_sec=optional_sec(s.start), end_sec=optional_sec(s.end))
-            if s.wave is not None:
-                record = session.push(s.wave, sample_rate=bundle.sample_rate, role=s.role, **times)
+            if s.wave is not None or s.crop is not None:
+                with warnings.catch_warnings():  # the session's band warning goes to the call's log instead
+                    warnings.simplefilter("ignore")
+                    record = session.push(s.load_wave(), sample_rate=bundle.sample_rate, role=s.role, **times)
             else:
                 record = session.push_embedding(s.feat, role=s.role, duration_sec=_or_zero(s.duration), **times)
             record["segment_index"] = s.segment_index
             records.append(record)
             on_segment()
+        if session.band_warning:
+            call.warnings.append(session.band_warning)
         return records
     roles = [s.role for s in segs]
     in_context = bundle.in_context(roles)
@@ -214,14 +250,26 @@ def score_prepared(bundle: Bundle, call: PreparedCall, *, live: bool = False,
     if len(rows):
         if segs[rows[0]].feat is not None:
             feats[rows] = np.stack([segs[i].feat for i in rows])
-        else:
-            feats[rows] = bundle.embed([segs[i].wave for i in rows])
+        else:  # embedded as they are read, a batch at a time: a call's audio is never held whole
+            for a in range(0, len(rows), EMBED_BATCH_SEGMENTS):
+                part = rows[a:a + EMBED_BATCH_SEGMENTS]
+                waves = [segs[i].load_wave() for i in part]
+                if a == 0:
+                    _check_band(bundle, call, [w for i, w in zip(part, waves) if segs[i].role == "caller"])
+                feats[part] = bundle.embed(waves)
     start = np.array([s.start for s in segs], dtype=float)
     end = np.array([s.end for s in segs], dtype=float)
     scores = bundle.score_call(feats, roles=roles, start_sec=start, end_sec=end)
     return [segment_record(bundle, call_id=call.call_id, segment_index=s.segment_index, start=s.start, end=s.end,
                            duration=s.duration, role=s.role, p_negative=scores.p_negative[i], p_fine=scores.p_fine[i])
             for i, s in enumerate(segs)]
+
+
+def _check_band(bundle: Bundle, call: PreparedCall, caller_waves: List[np.ndarray]) -> None:
+    """Compare the call's first caller segments' band with the training audio's (a warning on the call)."""
+    message = bundle.check_band(caller_waves, sample_rate=bundle.sample_rate, where=f"call {call.call_id}")
+    if message:
+        call.warnings.append(message)
 
 
 def _or_zero(x: float) -> float:
@@ -256,6 +304,9 @@ def predict_inputs(bundle: Union[Bundle, str, Path], inputs: Sequence[Union[str,
 
         check_live_capable(bundle)
     paths, not_read = _expand(inputs)
+    _, note = resolve_vad(segmenter.vad)
+    if note and any(p.suffix.lower() in AUDIO_SUFFIXES for p in paths):
+        log(f"[predict] warning: {note}")
     if features is None and any(p.suffix.lower() in AUDIO_SUFFIXES + MANIFEST_SUFFIXES for p in paths):
         bundle.encoder()  # build and check it now: a refused encoder must stop the run, not skip every call
     options = {"live": bool(live), "channels": channels, "segmenter": asdict(segmenter),
@@ -344,6 +395,8 @@ def _score_and_write(bundle: Bundle, call: PreparedCall, *, writer: PredictionWr
         summary.skipped += call.skipped
         raise SkipInput(f"call {call.call_id}: no usable segment ({len(call.skipped)} skipped)")
     records = score_prepared(bundle, call, live=live, on_segment=bars.segments(call))
+    for message in call.warnings:
+        log(f"[predict] warning: {message}")
     result = summarize_call(records, call_id=call.call_id, source=call.source, duration_sec=call.duration_sec,
                             n_skipped=len(call.skipped), roles=call.roles)
     if call.roles == ROLES_UNKNOWN_MONO:

@@ -28,6 +28,7 @@ from ctxemo.taxonomy import Taxonomy
 from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
+BAND_ROWS = 64  # caller segments whose band edge is recorded in the bundle
 
 
 def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *, data: CorpusData | None = None,
@@ -64,6 +65,8 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     if not cfg.data.features and not end_to_end:
         _verify_encoder(cfg, data)
     info: Dict = {**trained.info, "inner_val_binary_f1": val_metrics["binary"].get("f1")}
+    if not cfg.data.features:
+        info["audio"] = training_band(cfg, data)
     models = [m.model.cpu() for m in trained.members]
     # End-to-end: the bundle carries the encoder's trained weights (adapters, pooling) next to the context model.
     encoder = models[0].encoder if end_to_end else None
@@ -84,6 +87,25 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     log(f"bundle written to {bundle} (best epoch {info['best_epoch']}, {len(models)} model(s), inner-validation "
         f"binary F1 {val_metrics['binary'].get('f1', float('nan')):.3f})")
     return bundle
+
+
+def training_band(cfg: DictConfig, data: CorpusData, *, rows_max: int = BAND_ROWS) -> Dict:
+    """What the training audio was: its most common file sample rate and upper band edge (as embedded,
+    so with data.telephone_share), measured on up to `rows_max` caller segments spread over the corpus.
+    Bundles keep it so that predict and LiveSession can warn when an input's band differs."""
+    from collections import Counter
+
+    from ctxemo.data.audio import audio_info
+    from ctxemo.data.telephone import upper_band_edge_hz
+
+    callers = np.flatnonzero(data.manifest.is_caller)
+    rows = callers[np.linspace(0, len(callers) - 1, min(rows_max, len(callers))).astype(int)] if len(callers) else []
+    specs, settings = audio_specs(data.manifest), EmbedSettings.from_config(cfg)
+    waves = [read_segment(settings, as_audio_spec(specs[r])) for r in rows]
+    rates = Counter(int(audio_info(as_audio_spec(specs[r]).path).samplerate) for r in rows)
+    return {"sample_rate_hz": rates.most_common(1)[0][0] if rates else None,
+            "upper_band_edge_hz": upper_band_edge_hz(waves, settings.sample_rate),
+            "telephone_share": float(cfg.data.telephone_share)}
 
 
 def _has_timing(data: CorpusData, rows: np.ndarray) -> bool:
