@@ -213,17 +213,62 @@ CHOICES: Dict[str, Sequence[str]] = {
 }
 
 
-# Numeric keys with a valid range: (lowest allowed, first value not allowed above it or None).
-RANGES: Dict[str, tuple] = {
-    "context.dropout": (0.0, 1.0),
-    "context.attention_dropout": (0.0, 1.0),
-    "head.dropout": (0.0, 1.0),
-    "train.window_segments": (1, None),
-    "train.ensemble": (1, None),
-    "cv.inner_folds": (0, None),
-    "train.bucket_calls": (0, None),
-    "train.min_delta": (0.0, None),
+# Every numeric key's valid range, the one place they are checked (after every merge, like CHOICES).
+# Written as the message says it: ">= 1", "> 0", or an interval "[0, 1)" ("[" / "]" closed, "(" / ")" open).
+# A new numeric key in the schema gets its line here (tests/test_config.py fails on a numeric key without one).
+RANGES: Dict[str, str] = {
+    "seed": ">= 0",
+    "data.sample_rate": ">= 1",
+    "data.channel": ">= -1",  # -1 mixes the channels down
+    "data.min_segment_sec": ">= 0",
+    "encoder.lora.rank": ">= 1",
+    "encoder.lora.alpha": "> 0",
+    "encoder.lora.dropout": "[0, 1)",
+    "encoder.max_chunk_sec": "> 0",
+    "encoder.batch_size": ">= 1",
+    "encoder.max_batch_sec": "> 0",
+    "context.d_model": ">= 1",
+    "context.depth": ">= 1",
+    "context.heads": ">= 1",
+    "context.dropout": "[0, 1)",
+    "context.attention_dropout": "[0, 1)",
+    "context.window": ">= 0",  # 0: the whole call at once
+    "context.window_overlap": ">= 0",
+    "head.dropout": "[0, 1)",
+    "loss.beta": "[0, 1)",
+    "loss.gamma": ">= 0",
+    "loss.binary_weight": ">= 0",
+    "loss.fine_weight": ">= 0",
+    "train.epochs": ">= 1",
+    "train.batch_calls": ">= 1",
+    "train.bucket_calls": ">= 0",  # 0: no length bucketing
+    "train.lr": "> 0",
+    "train.encoder_lr": ">= 0",
+    "train.weight_decay": ">= 0",
+    "train.warmup_frac": "[0, 1)",
+    "train.grad_clip": ">= 0",  # 0: no clipping
+    "train.grad_accum": ">= 1",
+    "train.patience": ">= 1",  # 0 would stop before the first epoch
+    "train.min_delta": ">= 0",
+    "train.window_segments": ">= 1",
+    "train.ensemble": ">= 1",
+    "cv.folds": ">= 2",
+    "cv.inner_val_fraction": "(0, 1)",
+    "cv.inner_folds": ">= 0",  # 0: one inner split; 1 is refused in validate()
 }
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether `value` satisfies a RANGES rule (">= 1", "> 0", "[0, 1)", "(0, 1)", "[0, 1]")."""
+    rule = rule.strip()
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(part) for part in rule[1:-1].split(","))
+    above = value >= low if rule[0] == "[" else value > low
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
 
 
 def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
@@ -265,10 +310,10 @@ def validate(cfg: DictConfig) -> None:
     unknown = [name for name in cfg.taxonomy.negative_labels if name not in labels]
     if unknown:
         raise ConfigError(f"config key 'taxonomy.negative_labels' names unknown labels {unknown}; labels: {labels}")
-    if cfg.cv.folds < 2:
-        raise ConfigError(f"config key 'cv.folds' = {cfg.cv.folds}: need at least 2 folds")
-    if not 0.0 < cfg.cv.inner_val_fraction < 1.0:
-        raise ConfigError("config key 'cv.inner_val_fraction' must lie strictly between 0 and 1")
+    for key, rule in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not in_range(value, rule):  # NaN fails every rule
+            raise ConfigError(f"config key '{key}' = {value!r} must be {rule}")
     if cfg.cv.inner_folds == 1:
         raise ConfigError("config key 'cv.inner_folds' = 1: use 0 (one inner split) or at least 2 inner folds")
     unknown = [b for b in cfg.ablation.baselines if b not in BASELINES]
@@ -276,11 +321,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'ablation.baselines' names unknown baselines {unknown}; known: {list(BASELINES)}")
     if cfg.context.window and cfg.context.window_overlap >= cfg.context.window:
         raise ConfigError("config key 'context.window_overlap' must be smaller than 'context.window'")
-    for key, (low, high) in RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value < low or (high is not None and value >= high):
-            allowed = f">= {low}" if high is None else f"in [{low}, {high})"
-            raise ConfigError(f"config key '{key}' = {value!r} must be {allowed}")
 
 
 def load_config(

@@ -128,6 +128,11 @@ def row_hashes(specs: Sequence[AudioSpec]) -> List[str]:
     return out
 
 
+def audio_fingerprint(specs: Sequence[RowLike]) -> str:
+    """One hash of every row's audio (`row_hashes`): what the cache compares, and what run.json records."""
+    return _sha(row_hashes([as_audio_spec(r) for r in specs]))
+
+
 def cache_folder(cfg: DictConfig, cache_dir: Union[str, Path], encoder_fp: str) -> Path:
     """Where this encoder's cache lives under `cache_dir`."""
     return Path(cache_dir) / f"{cfg.encoder.family}-{encoder_fp[:12]}"
