@@ -50,7 +50,7 @@ def test_import_seed_reads_the_encodings_exports_come_in(tmp_path, wav_factory, 
 def test_import_seed_names_file_and_line_of_undecodable_text(tmp_path, wav_factory, taxonomy):
     seed = _seed_layout(tmp_path, wav_factory, taxonomy, encoding="gb18030", extra_column=NOTE)
     # Forced UTF-8 on a GB18030 file: the first non-ASCII byte is on line 1 (the header's Chinese column name).
-    with pytest.raises(ManifestError, match=r"call7\.csv: line 1: not utf-8 text \(byte 0x[0-9a-f]{2} at column \d+\)"):
+    with pytest.raises(ManifestError, match=r"call7\.csv: line 1: not utf-8 text \(byte 0x[0-9a-f]{2}, byte \d+ of the line\)"):
         import_seed(seed, tmp_path / "out", taxonomy, encoding="utf-8")
     (seed / "call7.csv").write_bytes(b"index,role\n0,1\n\xff\xfe\xff,1\n")  # neither UTF-8 nor GB18030
     with pytest.raises(ManifestError, match=r"call7\.csv: line 3: not UTF-8 nor GB18030/GBK text.*--encoding"):

@@ -38,5 +38,5 @@ def read_text(path: str | Path, *, encodings: Sequence[str] = EXPORT_ENCODINGS, 
     line = raw[: first.start].count(b"\n") + 1
     column = first.start - (raw.rfind(b"\n", 0, first.start) + 1) + 1
     tried = " nor ".join(_NAMES.get(name, name) for name in encodings)
-    raise ManifestError(f"{path}: line {line}: not {tried} text (byte 0x{raw[first.start]:02x} at column {column})"
+    raise ManifestError(f"{path}: line {line}: not {tried} text (byte 0x{raw[first.start]:02x}, byte {column} of the line)"
                         + (f"; {hint}" if hint else ""))

@@ -42,8 +42,8 @@ def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress:
     """Manifest + segment features: precomputed `.npy` if configured, else the (cached) encoder (a neural
     encoder, or openSMILE functionals for encoder.family=opensmile).
 
-    `check_inputs` (e.g. `RunFolder.check_inputs`) sees the input fingerprints once the manifest is valid and
-    before any features are loaded or embedded, so a refused resume costs no embedding pass."""
+    `check_inputs` (e.g. `RunFolder.check_inputs`) sees the input fingerprints once the manifest and features are loaded
+    (and checked) and before anything is embedded, so a refused resume costs no embedding pass."""
     if not cfg.data.manifest:
         raise CtxemoError("config key 'data.manifest' is not set (give data.manifest=path/to/manifest.csv)")
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
@@ -53,14 +53,13 @@ def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress:
                           "the audio: unset data.features (data.features=null) or use train.mode=two_stage")
     precomputed = bool(cfg.data.features)
     manifest = load_manifest(cfg.data.manifest, taxonomy, require_audio=not precomputed)
-    inputs = input_fingerprints(cfg, manifest)
+    feats = load_features(cfg.data.features, len(manifest), manifest=manifest) if precomputed else None
+    inputs = input_fingerprints(cfg, manifest)  # of valid inputs only: a bad file is named by its check above
     if check_inputs is not None:
         check_inputs(inputs)
     if end_to_end:
         feats = np.zeros((len(manifest), 0), np.float32)  # the encoder embeds the audio while training
-    elif precomputed:
-        feats = load_features(cfg.data.features, len(manifest), manifest=manifest)
-    else:
+    elif not precomputed:
         from ctxemo.embedding.cache import embed_manifest
         from ctxemo.embedding.opensmile_features import (
             is_feature_family,

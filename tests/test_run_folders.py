@@ -1,0 +1,127 @@
+"""Run folders never mix results: a rerun resumes only on the same config and the same inputs (recorded in
+run.json), `--overwrite` starts clean, a refused run writes nothing, and a resume says what it keeps."""
+import json
+
+import numpy as np
+import pytest
+from conftest import feature_corpus
+
+from ctxemo.cli import main
+
+CV = ["train.epochs=2", "train.patience=5", "cv.folds=3", "cv.inner_folds=0", "--quiet"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return feature_corpus(tmp_path / "corpus", n_callers=6, calls_per_caller=2, turns=6)
+
+
+def cv(config, out, *extra):
+    return main(["cv", str(config), *CV, *extra, "--out", str(out)])
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file in a folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_json_records_input_fingerprints(tmp_path, corpus):
+    assert cv(corpus, tmp_path / "run") == 0
+    inputs = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]
+    assert set(inputs) == {"manifest", "features"}
+    assert inputs["manifest"]["rows"] == 6 * 2 * 6 and len(inputs["manifest"]["sha256"]) == 64
+    assert inputs["features"]["path"].endswith("feats.npy")
+
+
+def test_resume_with_a_changed_manifest_is_refused_and_nothing_is_touched(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert cv(corpus, run) == 0
+    before = snapshot(run)
+    manifest = corpus.parent / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:  # every caller row relabelled: the old predictions.csv gold labels would be wrong
+        if row["role"] == "caller":
+            row["labels"] = ["sadness"]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    capsys.readouterr()
+    assert cv(corpus, run) == 2
+    err = capsys.readouterr().err
+    assert f"manifest {manifest}: content changed" in err
+    assert "choose another --out, or pass --overwrite" in err
+    assert snapshot(run) == before
+
+    assert cv(corpus, run, "--overwrite") == 0  # the way on: start clean
+    gold = [line.split(",") for line in (run / "fold0" / "predictions.csv").read_text().splitlines()]
+    assert json.loads((run / "run.json").read_text())["inputs"]["manifest"]["sha256"] != \
+        json.loads(before["run.json"])["inputs"]["manifest"]["sha256"]
+    assert len(gold) > 1
+
+
+def test_resume_with_changed_features_is_refused(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert cv(corpus, run) == 0
+    feats = corpus.parent / "feats.npy"
+    values = np.load(feats)
+    values[0, 0] += 1.0
+    np.save(feats, values)
+    capsys.readouterr()
+    assert cv(corpus, run) == 2
+    err = capsys.readouterr().err
+    assert f"features {feats}: content changed" in err and "manifest" not in err  # only what changed is named
+
+
+def test_a_run_folder_from_before_input_fingerprints_still_resumes(tmp_path, corpus):
+    run = tmp_path / "run"
+    assert cv(corpus, run) == 0
+    meta = json.loads((run / "run.json").read_text())
+    del meta["inputs"]
+    (run / "run.json").write_text(json.dumps(meta))
+    assert cv(corpus, run) == 0
+
+
+def test_overwrite_starts_clean_and_says_so(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert cv(corpus, run, "cv.only_folds=[0,1]") == 0
+    assert len(json.loads((run / "fold1" / "history.json").read_text())) == 2
+    (run / "stale-note.txt").write_text("from the old run")
+    capsys.readouterr()
+    assert cv(corpus, run, "cv.only_folds=[0]", "train.epochs=1", "--overwrite") == 0
+    out = capsys.readouterr().out
+    assert f"[overwrite] removed the previous run in {run}" in out
+    assert not (run / "fold1").exists() and not (run / "stale-note.txt").exists()  # nothing old left
+    assert len(json.loads((run / "fold0" / "history.json").read_text())) == 1  # fold 0 retrained
+    assert json.loads((run / "summary.json").read_text())["binary_f1"]["folds"].__len__() == 1
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, corpus, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    assert cv(corpus, folder, "--overwrite") == 2
+    assert "is not a ctxemo run folder" in capsys.readouterr().err
+    assert (folder / "thesis.tex").read_text() == "precious" and len(list(folder.iterdir())) == 1
+
+
+def test_a_refused_run_leaves_no_folder(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert cv(corpus, run, "cv.folds=7") == 2  # 6 callers: 7 folds are impossible
+    assert "ctxemo cv: error:" in capsys.readouterr().err
+    assert not run.exists()
+    assert cv(corpus, run, "cv.only_folds=[5]") == 2
+    assert "cv.only_folds" in capsys.readouterr().err and not run.exists()
+    assert main(["ablate", str(corpus), *CV, "cv.folds=7", "ablation.arms={a: [], b: [context.kind=identity]}",
+                 "--out", str(run)]) == 2
+    assert not run.exists()
+    assert main(["train", str(corpus), "train.lr=-1", "--out", str(run)]) == 2
+    assert "'train.lr' = -1.0 must be > 0" in capsys.readouterr().err and not run.exists()
+
+
+def test_resume_says_what_it_keeps(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert cv(corpus, run) == 0
+    (run / "fold2" / "metrics.json").unlink()
+    capsys.readouterr()
+    assert cv(corpus, run) == 0
+    assert f"[resume] {run}: fold(s) 0-1 done earlier (kept); running fold(s) 2" in capsys.readouterr().out
+    assert cv(corpus, run) == 0
+    assert "fold(s) 0-2 done earlier (kept); rebuilding the summary" in capsys.readouterr().out
