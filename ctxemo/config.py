@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -359,6 +360,14 @@ def load_config(
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _explain(exc, schema, f"override {item!r}") from None
+        except yaml.YAMLError as exc:  # the value is parsed as YAML: `x=@`, a control character
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason})") from None
+    try:  # every ${...} interpolation and ??? (missing) value resolves now, not in the middle of a run
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {str(getattr(exc, 'msg', exc)).splitlines()[0]}") from None
     validate(cfg)
     return cfg
 

@@ -115,3 +115,13 @@ def test_in_range_rules():
     assert in_range(0, "[0, 1)") and not in_range(1, "[0, 1)") and in_range(1, "[0, 1]")
     assert not in_range(0, "(0, 1)") and in_range(0.5, "(0, 1)") and not in_range(0, "> 0") and in_range(0, ">= 0")
     assert not in_range(float("nan"), ">= 0") and not in_range(float("nan"), "[0, 1]")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ablation.arms=@", r"override 'ablation.arms=@': the value is not valid YAML"),  # found by the fuzz
+    ("train.lr=${nope}", r"config key 'train.lr': Interpolation key 'nope' not found"),  # found by the fuzz
+    ("name=???", r"config key 'name'"),
+])
+def test_unparsable_or_unresolvable_values_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
