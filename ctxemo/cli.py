@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
+from ctxemo.io import private_outputs
 from ctxemo.inference.bundle import load_bundle
 from ctxemo.inference.predict import parse_channels, predict_inputs
 
@@ -210,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        with private_outputs():  # every output file 0600, folder 0700 (ctxemo/io.py says why)
+            args.func(args)
     except CtxemoError as exc:
         print(f"ctxemo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -125,3 +125,22 @@ def test_resume_says_what_it_keeps(tmp_path, corpus, capsys):
     assert f"[resume] {run}: fold(s) 0-1 done earlier (kept); running fold(s) 2" in capsys.readouterr().out
     assert cv(corpus, run) == 0
     assert "fold(s) 0-2 done earlier (kept); rebuilding the summary" in capsys.readouterr().out
+
+
+def test_every_output_is_owner_only_whatever_the_umask(tmp_path, corpus):
+    """One rule for every output (ctxemo/io.py): files 0600, folders 0700; the caller's umask is restored."""
+    import os
+    import stat
+    previous = os.umask(0o022)  # a shared server's usual umask: 0644 files without the rule
+    try:
+        assert cv(corpus, tmp_path / "run") == 0
+        assert main(["train", str(corpus), *CV, "--out", str(tmp_path / "train")]) == 0
+        assert main(["predict", str(tmp_path / "train" / "bundle"), str(corpus.parent / "manifest.jsonl"),
+                     "--features", str(corpus.parent / "feats.npy"), "--out", str(tmp_path / "pred"), "--quiet"]) == 0
+        assert os.umask(0o022) == 0o022  # restored after each command
+    finally:
+        os.umask(previous)
+    for root in ("run", "train", "pred"):
+        for path in [tmp_path / root, *(tmp_path / root).rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
