@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ctxemo.errors import CtxemoError
-from ctxemo.io import private_outputs
 from ctxemo.inference.bundle import load_bundle
 from ctxemo.inference.predict import parse_channels, predict_inputs
+from ctxemo.io import private_outputs
 
 
 def _int_at_least(low: int):

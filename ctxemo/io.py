@@ -21,7 +21,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-
 OUTPUT_UMASK = 0o077  # files 0600, folders 0700: see the module docstring
 
 
