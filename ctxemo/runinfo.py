@@ -98,7 +98,10 @@ class RunFolder:
         """Refuse a resume whose inputs (manifest, features, audio) differ from those recorded in run.json."""
         if self.overwrite or not (self.path / RUN_FILE).is_file():
             return
-        recorded = read_json(self.path / RUN_FILE).get("inputs") or {}
+        try:
+            recorded = read_json(self.path / RUN_FILE).get("inputs") or {}
+        except (ValueError, AttributeError):
+            raise CtxemoError(f"{self.path / RUN_FILE}: not a readable run record; {_other_ways(self.path)}") from None
         changed = [_describe_change(name, recorded.get(name), inputs.get(name))
                    for name in sorted(set(recorded) | set(inputs)) if recorded.get(name) != inputs.get(name)]
         if recorded and changed:
@@ -139,4 +142,6 @@ def _describe_change(name: str, old: Optional[Dict[str, Any]], new: Optional[Dic
     what = f"{name} {new['path']}" if "path" in new else name
     if old.get("rows") != new.get("rows"):
         return f"{what}: {old.get('rows')} rows then, {new.get('rows')} now"
+    if name == "audio":  # the embedding cache's fingerprint: path, size, modification time and crop per row
+        return "audio: the size or modification time of an audio file, or a row's crop, changed"
     return f"{what}: content changed (sha256 {str(old.get('sha256'))[:12]}… then, {str(new.get('sha256'))[:12]}… now)"

@@ -144,3 +144,25 @@ def test_every_output_is_owner_only_whatever_the_umask(tmp_path, corpus):
         for path in [tmp_path / root, *(tmp_path / root).rglob("*")]:
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_resume_after_an_audio_file_changed_is_refused(tmp_path, capsys):
+    """Without features, the audio rows' fingerprint (the embedding cache's) is recorded and compared."""
+    import os
+
+    from ctxemo.data.synthetic import CorpusSpec, generate_corpus
+    spec = CorpusSpec(n_calls=2, seed=3, calls_per_caller=1, min_turns=2, max_turns=3, caller_turn_sec=(0.3, 0.4),
+                      operator_turn_sec=(0.3, 0.4))
+    manifest = generate_corpus(tmp_path / "corpus", spec=spec)
+    cfg = tmp_path / "embed.yaml"
+    cfg.write_text(f"name: e\nout_dir: {tmp_path / 'runs'}\ndata:\n  manifest: {manifest}\n", encoding="utf-8")
+    args = ["embed", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(args) == 0
+    assert set(json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]) == {"manifest", "audio"}
+    wav = next((tmp_path / "corpus").rglob("*.wav"))
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))  # re-exported: another mtime
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "audio: the size or modification time of an audio file, or a row's crop, changed" in err
+    assert "manifest" not in err
