@@ -166,3 +166,12 @@ def test_resume_after_an_audio_file_changed_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "audio: the size or modification time of an audio file, or a row's crop, changed" in err
     assert "manifest" not in err
+
+
+def test_an_impossible_inner_split_is_refused_before_anything_is_written(tmp_path, capsys):
+    two = feature_corpus(tmp_path / "two", n_callers=2, calls_per_caller=2, turns=4)
+    assert main(["cv", str(two), "cv.folds=2", "--out", str(tmp_path / "cv"), "--quiet"]) == 2  # 1 training caller
+    assert "ctxemo cv: error:" in capsys.readouterr().err and not (tmp_path / "cv").exists()
+    one = feature_corpus(tmp_path / "one", n_callers=1, calls_per_caller=3, turns=4)
+    assert main(["train", str(one), "--out", str(tmp_path / "train"), "--quiet"]) == 2
+    assert "ctxemo train: error:" in capsys.readouterr().err and not (tmp_path / "train").exists()

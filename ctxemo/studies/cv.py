@@ -31,7 +31,7 @@ from ctxemo.reports.tables import write_predictions, write_summary_tables
 from ctxemo.runinfo import RunFolder
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training import distributed
-from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
+from ctxemo.training.crossfit import discard_checkpoints, inner_splits, train_fold_model
 
 # ----------------------------------------------------------------------------- folds
 
@@ -129,6 +129,8 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     selected = list(cfg.cv.only_folds) or list(range(len(folds)))
     if any(not 0 <= k < len(folds) for k in selected):
         raise ConfigError(f"config key 'cv.only_folds' = {selected}: folds are numbered 0 to {len(folds) - 1}")
+    for k in selected:  # every fold's inner split is possible (raises if not), before anything is written
+        inner_splits(cfg, data, np.setdiff1d(np.arange(len(data.manifest)), folds[k]), seed=cfg.seed + k)
     if distributed.is_main():  # every check has passed: the first writes
         if folder is not None:
             folder.start(command="cv", inputs=data.inputs)

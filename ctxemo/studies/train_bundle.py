@@ -25,7 +25,7 @@ from ctxemo.io import write_json
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.runinfo import RunFolder, start_run
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
+from ctxemo.training.crossfit import discard_checkpoints, inner_splits, train_fold_model
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
 
@@ -55,6 +55,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
                           "for `ctxemo train` in train.mode=end_to_end")
     if data is None:
         data = load_corpus(cfg, progress=progress, check_inputs=folder.check_inputs if folder else None)
+    inner_splits(cfg, data, np.arange(len(data.manifest)), seed=cfg.seed)  # possible? (raises before any write)
     if folder is not None:
         folder.start(command="train", inputs=data.inputs)
     else:
