@@ -175,3 +175,6 @@ def test_an_impossible_inner_split_is_refused_before_anything_is_written(tmp_pat
     one = feature_corpus(tmp_path / "one", n_callers=1, calls_per_caller=3, turns=4)
     assert main(["train", str(one), "--out", str(tmp_path / "train"), "--quiet"]) == 2
     assert "ctxemo train: error:" in capsys.readouterr().err and not (tmp_path / "train").exists()
+    arms = "ablation.arms={a: [], b: [context.kind=identity]}"
+    assert main(["ablate", str(two), "cv.folds=2", arms, "--out", str(tmp_path / "abl"), "--quiet"]) == 2
+    assert "ctxemo ablate: error:" in capsys.readouterr().err and not (tmp_path / "abl").exists()

@@ -15,7 +15,7 @@ from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
 from ctxemo.reports.comparison import finish_comparison, write_comparison
 from ctxemo.runinfo import RunFolder, start_run
-from ctxemo.studies.cv import get_folds, run_cv
+from ctxemo.studies.cv import get_folds, run_cv, selected_folds
 from ctxemo.training import distributed
 
 
@@ -70,8 +70,10 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, folder: Optional[RunFolder] 
         return loaded[key]
 
     if folder is not None:
-        first = corpus(next(iter(arm_cfgs.values())), folder.check_inputs)
-        get_folds(first.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed)  # possible? (raises if not)
+        first_cfg = next(iter(arm_cfgs.values()))
+        first = corpus(first_cfg, folder.check_inputs)
+        # The folds and their inner splits possible? (raises if not, before anything is written)
+        selected_folds(first_cfg, first, get_folds(first.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed))
         if main:
             folder.start(command=command, inputs=first.inputs)
     summaries: Dict[str, Dict] = {}

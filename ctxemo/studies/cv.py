@@ -44,6 +44,17 @@ def get_folds(manifest: Manifest, path: Path, *, n_folds: int, seed: int) -> Lis
     return make_folds(manifest, n_folds=n_folds, seed=seed)  # deterministic: every rank gets the same
 
 
+def selected_folds(cfg: DictConfig, data: CorpusData, folds: List[np.ndarray]) -> List[int]:
+    """The folds to run (`cv.only_folds`, or all), once each is known to be possible: a valid number and an
+    inner split its training callers allow. Raises before anything is written."""
+    selected = list(cfg.cv.only_folds) or list(range(len(folds)))
+    if any(not 0 <= k < len(folds) for k in selected):
+        raise ConfigError(f"config key 'cv.only_folds' = {selected}: folds are numbered 0 to {len(folds) - 1}")
+    for k in selected:
+        inner_splits(cfg, data, np.setdiff1d(np.arange(len(data.manifest)), folds[k]), seed=cfg.seed + k)
+    return selected
+
+
 def resume_note(run_dir: Path, folds: List[int]) -> Optional[str]:
     """What a rerun keeps, e.g. "fold(s) 0-2 done earlier (kept); running fold(s) 3-4"; None on a fresh run."""
     done = [k for k in folds if (run_dir / f"fold{k}" / "metrics.json").is_file()]
@@ -126,11 +137,7 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     folds = get_folds(data.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller
-    selected = list(cfg.cv.only_folds) or list(range(len(folds)))
-    if any(not 0 <= k < len(folds) for k in selected):
-        raise ConfigError(f"config key 'cv.only_folds' = {selected}: folds are numbered 0 to {len(folds) - 1}")
-    for k in selected:  # every fold's inner split is possible (raises if not), before anything is written
-        inner_splits(cfg, data, np.setdiff1d(np.arange(len(data.manifest)), folds[k]), seed=cfg.seed + k)
+    selected = selected_folds(cfg, data, folds)
     if distributed.is_main():  # every check has passed: the first writes
         if folder is not None:
             folder.start(command="cv", inputs=data.inputs)
