@@ -89,6 +89,8 @@ class RunFolder:
                  keep: Sequence[str] = KEPT_ON_OVERWRITE, log: Callable[[str], None] = print):
         self.path, self.cfg, self.overwrite, self.keep, self.log = Path(run_dir), cfg, overwrite, tuple(keep), log
         self._cleared = False
+        if self.path.exists() and not self.path.is_dir():
+            raise CtxemoError(f"{self.path}: the run folder names an existing file, not a folder; choose another --out")
         existing = self.path / CONFIG_FILE
         if not overwrite and existing.is_file() and existing.read_text(encoding="utf-8") != to_yaml(cfg):
             raise CtxemoError(f"{self.path} holds a run with a different config; to resume, use the same config "
