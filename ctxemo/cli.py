@@ -18,6 +18,7 @@ from ctxemo.inference.predict import (
     segmenter_from_overrides,
     split_segmenter_overrides,
 )
+from ctxemo.io import private_outputs
 
 
 def _int_at_least(low: int):
@@ -34,21 +35,20 @@ def _int_at_least(low: int):
 
 
 def _config_and_run_dir(args, command: str):
-    from ctxemo.config import load_config, to_yaml
+    """The resolved config and its run folder's guard (refuses another config's folder unless --overwrite)."""
+    from ctxemo.config import load_config
+    from ctxemo.runinfo import RunFolder
 
     cfg = load_config([args.config], args.overrides)
     run_dir = Path(args.out) if args.out else Path(cfg.out_dir) / f"{cfg.name}-{command}"
-    existing = run_dir / "config.yaml"
-    if existing.is_file() and existing.read_text(encoding="utf-8") != to_yaml(cfg) and not args.overwrite:
-        raise CtxemoError(f"{run_dir} holds a run with a different config; to resume, use the same config and "
-                          f"overrides; otherwise choose another --out (or pass --overwrite to reuse the folder)")
-    return cfg, run_dir
+    return cfg, RunFolder(run_dir, cfg, overwrite=args.overwrite)
 
 
 def cmd_demo(args) -> None:
     from ctxemo.studies.demo import run_demo
 
-    run_demo(args.out, n_calls=args.calls, seed=args.seed, overrides=args.overrides, progress=not args.quiet)
+    run_demo(args.out, n_calls=args.calls, seed=args.seed, overrides=args.overrides, progress=not args.quiet,
+             overwrite=args.overwrite)
 
 
 def cmd_synth(args) -> None:
@@ -73,50 +73,51 @@ def cmd_import_seed(args) -> None:
     from ctxemo.taxonomy import Taxonomy
 
     cfg = load_config([args.config] if args.config else [], args.overrides)
-    path = import_seed(args.seed_dir, args.out, Taxonomy.from_config(cfg.taxonomy), caller_map=args.callers)
-    print(f"wrote {path}")
+    result = import_seed(args.seed_dir, args.out, Taxonomy.from_config(cfg.taxonomy), caller_map=args.callers,
+                         encoding=args.encoding, allow_missing=args.allow_missing)
+    for call, reason in result.skipped:
+        print(f"ctxemo import-seed: warning: call {call} not imported: {reason}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"ctxemo import-seed: warning: {warning}", file=sys.stderr)
+    print(f"wrote {result.manifest} ({len(result.calls)} calls" + (f", {len(result.skipped)} not imported)"
+                                                                    if result.skipped else ")"))
 
 
 def cmd_embed(args) -> None:
     from ctxemo.embedding.corpus import load_corpus
-    from ctxemo.runinfo import start_run
 
-    cfg, run_dir = _config_and_run_dir(args, "embed")
-    start_run(run_dir, cfg, command="embed")
-    data = load_corpus(cfg, cache_root=run_dir / "cache" if args.out else None, progress=not args.quiet)
+    cfg, folder = _config_and_run_dir(args, "embed")
+    # With --out the cache lives in the run folder: --overwrite keeps it (row-checked, see RunFolder).
+    data = load_corpus(cfg, cache_root=folder.path / "cache" if args.out else None, progress=not args.quiet,
+                       check_inputs=folder.check_inputs)
+    folder.start(command="embed", inputs=data.inputs)
     print(f"embeddings: {data.feats.shape[0]} segments x {data.feats.shape[1]} dims")
 
 
 def cmd_cv(args) -> None:
     from ctxemo.evaluation.evaluate import HEADLINE
     from ctxemo.reports.tables import print_comparison
-    from ctxemo.runinfo import start_run
     from ctxemo.studies.cv import run_cv
     from ctxemo.training import distributed
 
-    cfg, run_dir = _config_and_run_dir(args, "cv")
+    cfg, folder = _config_and_run_dir(args, "cv")
     distributed.init_from_env()  # under torchrun: every rank trains, rank 0 alone writes and prints
-    if distributed.is_main():
-        start_run(run_dir, cfg, command="cv")
-    summary = run_cv(cfg, run_dir, progress=not args.quiet)
+    summary = run_cv(cfg, folder.path, folder=folder, progress=not args.quiet)
     if distributed.is_main():
         print(print_comparison({cfg.name: summary}, {}, reference=cfg.name,
                                metrics=[m for m in HEADLINE if m in summary]))
-        print(f"results in {run_dir}")
+        print(f"results in {folder.path}")
 
 
 def cmd_ablate(args) -> None:
-    from ctxemo.runinfo import start_run
     from ctxemo.studies.ablation import run_ablation
     from ctxemo.training import distributed
 
-    cfg, run_dir = _config_and_run_dir(args, "ablate")
+    cfg, folder = _config_and_run_dir(args, "ablate")
     distributed.init_from_env()
+    run_ablation(cfg, folder.path, folder=folder, progress=not args.quiet)
     if distributed.is_main():
-        start_run(run_dir, cfg, command="ablate")
-    run_ablation(cfg, run_dir, progress=not args.quiet)
-    if distributed.is_main():
-        print(f"results in {run_dir}")
+        print(f"results in {folder.path}")
 
 
 def cmd_report(args) -> None:
@@ -136,8 +137,8 @@ def cmd_report(args) -> None:
 def cmd_train(args) -> None:
     from ctxemo.studies.train_bundle import train_bundle
 
-    cfg, run_dir = _config_and_run_dir(args, "train")
-    train_bundle(cfg, run_dir, progress=not args.quiet)
+    cfg, folder = _config_and_run_dir(args, "train")
+    train_bundle(cfg, folder.path, progress=not args.quiet, folder=folder)
 
 
 def cmd_predict(args) -> None:
@@ -151,6 +152,10 @@ def cmd_export(args) -> None:
     export_bundle(args.bundle, args.out, format=args.format, log=print)
 
 
+OVERWRITE_HELP = ("start the run folder clean: its previous results are deleted (the row-checked embedding "
+                  "cache is kept); needed to reuse a folder that holds another config or other inputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxemo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
         p.add_argument("--out", help="run folder (default: <out_dir>/<name>-<command>)")
-        p.add_argument("--overwrite", action="store_true", help="reuse a run folder that holds another config")
+        p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
         return p
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--calls", type=_int_at_least(1), default=60)
     p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -186,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--callers", help="optional CSV call_id,caller_id (for caller-grouped folds)")
     p.add_argument("--config", help="YAML config whose taxonomy to use (default: the 11 hotline labels)")
+    p.add_argument("--encoding", help="text encoding of the CSVs (default: UTF-8, with or without BOM, else GB18030/GBK)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="write the calls that could be imported even if some could not (they are listed)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_import_seed)
 
@@ -242,7 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        with private_outputs():  # every output file 0600, folder 0700 (ctxemo/io.py says why)
+            args.func(args)
     except CtxemoError as exc:
         print(f"ctxemo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -196,20 +197,20 @@ class SegmenterConfig:
     block_sec: float = 60.0  # recordings are read in blocks of this length (memory flat in call length)
 
     def __post_init__(self) -> None:
+        # Each key's own range comes from RANGES (the one table, also read by validate()); the relations
+        # between keys are checked here.
+        for key, rule in RANGES.items():
+            if key.startswith("segmenter.") and not in_range(getattr(self, key.split(".", 1)[1]), rule):
+                raise ValueError(f"{key.split('.', 1)[1]} = {getattr(self, key.split('.', 1)[1])!r} must be {rule}")
         if self.vad not in SEGMENTER_VADS:
             raise ValueError(f"vad must be one of {SEGMENTER_VADS}, got {self.vad!r}")
-        if not 0 < self.hop_sec <= self.frame_sec:
-            raise ValueError(f"need 0 < hop_sec <= frame_sec, got {self.hop_sec}, {self.frame_sec}")
+        if self.hop_sec > self.frame_sec:
+            raise ValueError(f"need hop_sec <= frame_sec, got {self.hop_sec}, {self.frame_sec}")
         if self.stop_db > self.start_db:
             raise ValueError(f"stop_db ({self.stop_db}) must not exceed start_db ({self.start_db})")
-        if not 0 <= self.speech_prob <= 1:
-            raise ValueError(f"speech_prob must lie in [0, 1], got {self.speech_prob}")
-        if not 0 < self.min_segment_sec < self.max_segment_sec:
-            raise ValueError(f"need 0 < min_segment_sec < max_segment_sec, got {self.min_segment_sec}, "
+        if self.min_segment_sec >= self.max_segment_sec:
+            raise ValueError(f"need min_segment_sec < max_segment_sec, got {self.min_segment_sec}, "
                              f"{self.max_segment_sec}")
-        if self.block_sec < 1.0 or self.min_turn_sec < 0 or self.crosstalk_db <= 0:
-            raise ValueError(f"need block_sec >= 1, min_turn_sec >= 0, crosstalk_db > 0; got {self.block_sec}, "
-                             f"{self.min_turn_sec}, {self.crosstalk_db}")
 
 
 SEGMENTER_VADS = ("silero", "energy")  # data/vad.py
@@ -273,18 +274,78 @@ CHOICES: Dict[str, Sequence[str]] = {
 }
 
 
-# Numeric keys with a valid range: (lowest allowed, first value not allowed above it or None).
-RANGES: Dict[str, tuple] = {
-    "context.dropout": (0.0, 1.0),
-    "context.attention_dropout": (0.0, 1.0),
-    "head.dropout": (0.0, 1.0),
-    "train.window_segments": (1, None),
-    "train.ensemble": (1, None),
-    "cv.inner_folds": (0, None),
-    "train.bucket_calls": (0, None),
-    "train.min_delta": (0.0, None),
-    "data.telephone_share": (0.0, 1.0000001),
+# Every numeric key's valid range, the one place they are checked (after every merge, like CHOICES).
+# Written as the message says it: ">= 1", "> 0", or an interval "[0, 1)" ("[" / "]" closed, "(" / ")" open).
+# A new numeric key in the schema gets its line here (tests/test_config.py fails on a numeric key without one).
+RANGES: Dict[str, str] = {
+    "seed": ">= 0",
+    "data.sample_rate": ">= 1",
+    "data.channel": ">= -1",  # -1 mixes the channels down
+    "data.min_segment_sec": ">= 0",
+    "data.telephone_share": "[0, 1]",
+    "encoder.lora.rank": ">= 1",
+    "encoder.lora.alpha": "> 0",
+    "encoder.lora.dropout": "[0, 1)",
+    "encoder.max_chunk_sec": "> 0",
+    "encoder.batch_size": ">= 1",
+    "encoder.max_batch_sec": "> 0",
+    "context.d_model": ">= 1",
+    "context.depth": ">= 1",
+    "context.heads": ">= 1",
+    "context.dropout": "[0, 1)",
+    "context.attention_dropout": "[0, 1)",
+    "context.window": ">= 0",  # 0: the whole call at once
+    "context.window_overlap": ">= 0",
+    "head.dropout": "[0, 1)",
+    "loss.beta": "[0, 1)",
+    "loss.gamma": ">= 0",
+    "loss.binary_weight": ">= 0",
+    "loss.fine_weight": ">= 0",
+    "train.epochs": ">= 1",
+    "train.batch_calls": ">= 1",
+    "train.bucket_calls": ">= 0",  # 0: no length bucketing
+    "train.lr": "> 0",
+    "train.encoder_lr": ">= 0",
+    "train.weight_decay": ">= 0",
+    "train.warmup_frac": "[0, 1)",
+    "train.grad_clip": ">= 0",  # 0: no clipping
+    "train.grad_accum": ">= 1",
+    "train.patience": ">= 1",  # 0 would stop before the first epoch
+    "train.min_delta": ">= 0",
+    "train.window_segments": ">= 1",
+    "train.ensemble": ">= 1",
+    "cv.folds": ">= 2",
+    "cv.inner_val_fraction": "(0, 1)",
+    "cv.inner_folds": ">= 0",  # 0: one inner split; 1 is refused in validate()
+    "segmenter.speech_prob": "[0, 1]",
+    "segmenter.frame_sec": "> 0",
+    "segmenter.hop_sec": "> 0",
+    "segmenter.floor_quantile": "(0, 1)",
+    "segmenter.start_db": ">= 0",
+    "segmenter.stop_db": ">= 0",
+    "segmenter.min_speech_dbfs": "[-200, 0]",
+    "segmenter.crosstalk_db": "> 0",
+    "segmenter.min_turn_sec": ">= 0",
+    "segmenter.min_silence_sec": ">= 0",
+    "segmenter.speaker_min_silence_sec": ">= 0",
+    "segmenter.min_segment_sec": "> 0",
+    "segmenter.max_segment_sec": "> 0",
+    "segmenter.pad_sec": ">= 0",
+    "segmenter.block_sec": ">= 1",
 }
+
+
+def in_range(value: float, rule: str) -> bool:
+    """Whether `value` satisfies a RANGES rule (">= 1", "> 0", "[0, 1)", "(0, 1)", "[0, 1]")."""
+    rule = rule.strip()
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(part) for part in rule[1:-1].split(","))
+    above = value >= low if rule[0] == "[" else value > low
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
 
 
 def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
@@ -326,10 +387,10 @@ def validate(cfg: DictConfig) -> None:
     unknown = [name for name in cfg.taxonomy.negative_labels if name not in labels]
     if unknown:
         raise ConfigError(f"config key 'taxonomy.negative_labels' names unknown labels {unknown}; labels: {labels}")
-    if cfg.cv.folds < 2:
-        raise ConfigError(f"config key 'cv.folds' = {cfg.cv.folds}: need at least 2 folds")
-    if not 0.0 < cfg.cv.inner_val_fraction < 1.0:
-        raise ConfigError("config key 'cv.inner_val_fraction' must lie strictly between 0 and 1")
+    for key, rule in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not in_range(value, rule):  # NaN fails every rule
+            raise ConfigError(f"config key '{key}' = {value!r} must be {rule}")
     if cfg.cv.inner_folds == 1:
         raise ConfigError("config key 'cv.inner_folds' = 1: use 0 (one inner split) or at least 2 inner folds")
     unknown = [b for b in cfg.ablation.baselines if b not in BASELINES]
@@ -341,11 +402,6 @@ def validate(cfg: DictConfig) -> None:
         SegmenterConfig(**OmegaConf.to_container(cfg.segmenter))
     except ValueError as exc:
         raise ConfigError(f"config key 'segmenter': {exc}") from None
-    for key, (low, high) in RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if value < low or (high is not None and value >= high):
-            allowed = f">= {low}" if high is None else f"in [{low}, {high})"
-            raise ConfigError(f"config key '{key}' = {value!r} must be {allowed}")
 
 
 def load_config(
@@ -384,6 +440,14 @@ def load_config(
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _explain(exc, schema, f"override {item!r}") from None
+        except yaml.YAMLError as exc:  # the value is parsed as YAML: `x=@`, a control character
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason})") from None
+    try:  # every ${...} interpolation and ??? (missing) value resolves now, not in the middle of a run
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {str(getattr(exc, 'msg', exc)).splitlines()[0]}") from None
     validate(cfg)
     return cfg
 

@@ -2,9 +2,16 @@
 
 A run killed mid-write leaves either the old file or the new one, never half of one that a
 reader (or a resumed run) would take as complete.
+
+File permissions, one rule for every output (run folders, caches, bundles, predictions, plots): readable
+by their owner only (files 0600, folders 0700). They hold per-caller emotion scores and call/caller ids
+of a crisis hotline: health data about identifiable people, which a shared server's usual umask (022)
+would make readable to every account. The `ctxemo` command runs under `private_outputs()`; sharing is a
+deliberate `chmod -R g+rX <folder>`. (Atomic writes are 0600 whatever the umask: `mkstemp`.)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,6 +20,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+OUTPUT_UMASK = 0o077  # files 0600, folders 0700: see the module docstring
+
+
+@contextmanager
+def private_outputs() -> Iterator[None]:
+    """Everything created inside is owner-only (the process umask, restored after)."""
+    previous = os.umask(OUTPUT_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 @contextmanager
@@ -58,3 +77,12 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (features files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,18 +1,31 @@
-"""Run folders: every run records its resolved config, argv, git hash, seed and library versions."""
+"""Run folders: every run records its resolved config, argv, git hash, seed, library versions and the
+fingerprints of its inputs, and a folder never mixes the results of two configs or two sets of inputs.
+
+`RunFolder` is the guard every command goes through: a rerun into a folder resumes only when the config
+and the inputs are those recorded there; otherwise it is refused (nothing written) unless `--overwrite`,
+which starts the folder clean. Nothing is written until `RunFolder.start`, called once every check passed.
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from omegaconf import DictConfig
 
 from ctxemo.config import to_yaml
-from ctxemo.io import write_json, write_text
+from ctxemo.errors import CtxemoError
+from ctxemo.io import read_json, write_json, write_text
+
+CONFIG_FILE, RUN_FILE = "config.yaml", "run.json"
+# Kept by --overwrite: the embedding cache checks every row's fingerprint itself, so it can never serve
+# stale embeddings, and recomputing it is the slow part of a rerun.
+KEPT_ON_OVERWRITE = ("cache",)
 
 TRACKED_PACKAGES = ("ctxemo", "torch", "torchaudio", "transformers", "peft", "numpy", "scikit-learn",
                     "omegaconf", "einops", "soundfile", "safetensors", "scipy")
@@ -43,14 +56,94 @@ def git_hash() -> Optional[str]:
         return None
 
 
-def start_run(run_dir: str | Path, cfg: DictConfig, *, command: str) -> Path:
-    """Create `run_dir` and write config.yaml + run.json (argv, git hash, seed, versions)."""
+def start_run(run_dir: str | Path, cfg: DictConfig, *, command: str,
+              inputs: Optional[Dict[str, Any]] = None) -> Path:
+    """Create `run_dir` and write config.yaml + run.json (argv, git hash, seed, versions, input fingerprints)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", to_yaml(cfg))
-    write_json(run_dir / "run.json", {
+    write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
+    write_json(run_dir / RUN_FILE, {
         "command": command, "argv": sys.argv, "git": git_hash(), "seed": int(cfg.seed),
         "started": _dt.datetime.now().isoformat(timespec="seconds"), "versions": library_versions(),
-        "platform": platform.platform(),
+        "platform": platform.platform(), "inputs": inputs or {},
     })
     return run_dir
+
+
+def _other_ways(run_dir: Path) -> str:
+    return f"choose another --out, or pass --overwrite to start {run_dir} clean"
+
+
+class RunFolder:
+    """The guard of one run folder: `check_*` only read; `start` is the first write.
+
+    Args:
+        run_dir: the folder. cfg: the resolved config of this run.
+        overwrite: skip the checks; `start` (or `clear`) then empties the folder but for `keep`.
+        keep: top-level entries that --overwrite leaves (default: the content-checked embedding cache).
+    Raises (at construction):
+        CtxemoError: the folder holds a run of another config (and not `overwrite`).
+    """
+
+    def __init__(self, run_dir: str | Path, cfg: DictConfig, *, overwrite: bool = False,
+                 keep: Sequence[str] = KEPT_ON_OVERWRITE, log: Callable[[str], None] = print):
+        self.path, self.cfg, self.overwrite, self.keep, self.log = Path(run_dir), cfg, overwrite, tuple(keep), log
+        self._cleared = False
+        if self.path.exists() and not self.path.is_dir():
+            raise CtxemoError(f"{self.path}: the run folder names an existing file, not a folder; choose another --out")
+        existing = self.path / CONFIG_FILE
+        if not overwrite and existing.is_file() and existing.read_text(encoding="utf-8") != to_yaml(cfg):
+            raise CtxemoError(f"{self.path} holds a run with a different config; to resume, use the same config "
+                              f"and overrides; otherwise {_other_ways(self.path)}")
+
+    def check_inputs(self, inputs: Dict[str, Any]) -> None:
+        """Refuse a resume whose inputs (manifest, features, audio) differ from those recorded in run.json."""
+        if self.overwrite or not (self.path / RUN_FILE).is_file():
+            return
+        try:
+            recorded = read_json(self.path / RUN_FILE).get("inputs") or {}
+        except (ValueError, AttributeError):
+            raise CtxemoError(f"{self.path / RUN_FILE}: not a readable run record; {_other_ways(self.path)}") from None
+        changed = [_describe_change(name, recorded.get(name), inputs.get(name))
+                   for name in sorted(set(recorded) | set(inputs)) if recorded.get(name) != inputs.get(name)]
+        if recorded and changed:
+            raise CtxemoError(f"{self.path} holds results computed from other inputs ({'; '.join(changed)}); "
+                              f"resuming would mix them with results from the new ones: {_other_ways(self.path)}")
+
+    def clear(self) -> None:
+        """--overwrite: empty the folder (but for `keep`), once, saying so. Refuses a folder that is not a run's."""
+        if not self.overwrite or self._cleared or not self.path.is_dir():
+            self._cleared = True
+            return
+        entries = [p for p in self.path.iterdir() if p.name not in self.keep]
+        is_run = (self.path / RUN_FILE).is_file() or (self.path / CONFIG_FILE).is_file()
+        if entries and not is_run:  # `--out ~ --overwrite` must not delete a home folder
+            raise CtxemoError(f"--overwrite: {self.path} is not a ctxemo run folder (no {RUN_FILE} or {CONFIG_FILE}); "
+                              "refusing to delete what it holds; choose another --out")
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if entries:
+            kept = [name for name in self.keep if (self.path / name).exists()]
+            self.log(f"[overwrite] removed the previous run in {self.path} ({len(entries)} entries"
+                     + (f"; kept {', '.join(f'{k}/' for k in kept)}: checked row by row, never stale" if kept else "")
+                     + ")")
+        self._cleared = True
+
+    def start(self, *, command: str, inputs: Optional[Dict[str, Any]] = None) -> Path:
+        """Every check has passed: clear (with --overwrite) and write config.yaml + run.json."""
+        self.clear()
+        return start_run(self.path, self.cfg, command=command, inputs=inputs)
+
+
+def _describe_change(name: str, old: Optional[Dict[str, Any]], new: Optional[Dict[str, Any]]) -> str:
+    """One changed input in words, e.g. "manifest data/m.csv: content changed (sha256 1a2b3c4d… -> 5e6f…)"."""
+    if old is None:
+        return f"{name}: not used by the recorded run"
+    if new is None:
+        return f"{name} {old.get('path', '')}: used by the recorded run, not by this one".replace("  ", " ")
+    what = f"{name} {new['path']}" if "path" in new else name
+    if old.get("rows") != new.get("rows"):
+        return f"{what}: {old.get('rows')} rows then, {new.get('rows')} now"
+    if name == "audio":  # the embedding cache's fingerprint: path, size, modification time and crop per row
+        return "audio: the size or modification time of an audio file, or a row's crop, changed"
+    return f"{what}: content changed (sha256 {str(old.get('sha256'))[:12]}… then, {str(new.get('sha256'))[:12]}… now)"

@@ -15,12 +15,12 @@ from ctxemo.evaluation.evaluate import Thresholds
 from ctxemo.inference.bundle import (
     ENCODER_FILE,
     META_FILE,
-    _sha256,
     build_encoder,
     load_bundle,
     probe_signal,
     save_bundle,
 )
+from ctxemo.io import file_sha256
 from ctxemo.models.call_model import build_call_model, feature_stats, forward_windowed
 from ctxemo.taxonomy import Taxonomy
 
@@ -159,7 +159,7 @@ def _rewrite(folder, name, text):
     """Replace a bundle file and its recorded hash (a deliberate edit that passes the integrity check)."""
     (folder / name).write_text(text)
     meta = json.loads((folder / META_FILE).read_text())
-    meta["files"][name] = _sha256(folder / name)
+    meta["files"][name] = file_sha256(folder / name)
     (folder / META_FILE).write_text(json.dumps(meta))
 
 
@@ -198,7 +198,7 @@ def test_pickle_in_place_of_safetensors_is_refused(bundle_dir):
     # The same pickle under the safetensors name (hash updated) is not parsed as weights either.
     (bundle_dir / "model.pt").rename(bundle_dir / "model.safetensors")
     meta = json.loads((bundle_dir / META_FILE).read_text())
-    meta["files"]["model.safetensors"] = _sha256(bundle_dir / "model.safetensors")
+    meta["files"]["model.safetensors"] = file_sha256(bundle_dir / "model.safetensors")
     (bundle_dir / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"model\.safetensors: not a safetensors file"):
         load_bundle(bundle_dir)

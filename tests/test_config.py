@@ -72,3 +72,55 @@ def test_out_of_range_numbers_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(overrides=[override])
+
+
+def _numeric_keys(node, prefix=""):
+    """Dotted names of every int/float leaf of the schema (bool excluded)."""
+    from omegaconf import DictConfig
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            yield from _numeric_keys(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name
+
+
+def test_every_numeric_key_has_a_range():
+    from ctxemo.config import RANGES
+    keys = set(_numeric_keys(load_config()))
+    assert keys - set(RANGES) == set(), "numeric config keys without a line in config.RANGES"
+    assert set(RANGES) - keys == set(), "RANGES names keys that are not numeric keys of the schema"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", r"'train\.lr' = -1\.0 must be > 0"), ("train.lr=0", r"train\.lr.*> 0"),
+    ("train.epochs=0", r"'train\.epochs' = 0 must be >= 1"), ("cv.folds=1", r"cv\.folds.*>= 2"),
+    ("cv.inner_val_fraction=1.0", r"inner_val_fraction.*\(0, 1\)"), ("loss.beta=1.0", r"loss\.beta.*\[0, 1\)"),
+    ("train.lr=nan", r"train\.lr = nan|'train\.lr' = nan"), ("data.channel=-2", r"data\.channel.*>= -1"),
+    ("train.patience=0", r"train\.patience"), ("encoder.lora.rank=0", r"encoder\.lora\.rank"),
+])
+def test_range_table_refuses_out_of_range_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override", ["train.lr=1e-9", "train.epochs=1", "cv.folds=2", "loss.beta=0", "data.channel=-1",
+                                      "train.bucket_calls=0", "cv.inner_folds=0", "context.window=0"])
+def test_range_table_accepts_its_boundaries(override):
+    load_config(overrides=[override])
+
+
+def test_in_range_rules():
+    from ctxemo.config import in_range
+    assert in_range(0, "[0, 1)") and not in_range(1, "[0, 1)") and in_range(1, "[0, 1]")
+    assert not in_range(0, "(0, 1)") and in_range(0.5, "(0, 1)") and not in_range(0, "> 0") and in_range(0, ">= 0")
+    assert not in_range(float("nan"), ">= 0") and not in_range(float("nan"), "[0, 1]")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ablation.arms=@", r"override 'ablation.arms=@': the value is not valid YAML"),  # found by the fuzz
+    ("train.lr=${nope}", r"config key 'train.lr': Interpolation key 'nope' not found"),  # found by the fuzz
+])
+def test_unparsable_or_unresolvable_values_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])

@@ -27,3 +27,29 @@ def test_demo_writes_summary_for_both_arms(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--calls", "12", "--quiet",
                  "cv.folds=2", "train.epochs=2", "context.d_model=16", "context.depth=1", "context.heads=2"]) == 0
     assert json.loads((out / "summary.json").read_text())["arms"] == summary["arms"]
+
+
+def test_demo_guards_its_folder_like_the_other_commands(tmp_path, capsys):
+    """Another config, corpus size or seed on an existing demo folder is refused (nothing rewritten);
+    --overwrite starts it clean, keeping the corpus (when it is the one asked for) and the embedding cache."""
+    out = tmp_path / "demo"
+    tiny = ["--quiet", "cv.folds=2", "cv.inner_folds=0", "context.d_model=16", "context.depth=1", "context.heads=2",
+            "ablation.baselines=[]"]
+    assert main(["demo", "--out", str(out), "--calls", "12", "train.epochs=2", *tiny]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for change in (["--calls", "12", "train.epochs=3"], ["--calls", "10", "train.epochs=2"],
+                   ["--calls", "12", "--seed", "5", "train.epochs=2"]):
+        capsys.readouterr()
+        assert main(["demo", "--out", str(out), *change, *tiny]) == 2, change
+        err = capsys.readouterr().err
+        assert "choose another --out, or pass --overwrite" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing rewritten
+    corpus_manifest = (out / "corpus" / "manifest.csv").read_bytes()
+
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--calls", "12", "train.epochs=1", "--overwrite", *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "[overwrite] removed the previous run in" in printed and "kept cache/, corpus/" in printed
+    assert (out / "corpus" / "manifest.csv").read_bytes() == corpus_manifest
+    history = json.loads((out / "isolated" / "fold0" / "history.json").read_text())
+    assert len(history) == 1  # retrained with the new config, not the old folds

@@ -170,3 +170,37 @@ def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):
     cfg = load_config(overrides=["encoder.family=whisper", "data.channel=0"])
     emb = encode_rows(EmbedSettings.from_config(cfg), build_cache_encoder(cfg), [AudioSpec(path)])
     assert emb.shape[0] == 1 and np.isfinite(emb).all()
+
+
+def test_processes_sharing_a_cache_folder_take_turns(tmp_path):
+    """The cache folder's lock: a second user waits while another holds it, then finds its result."""
+    import fcntl
+    import threading
+
+    from ctxemo.embedding.cache import LOCK_FILE, cache_lock, cached_rows
+    from ctxemo.embedding.encode import AudioSpec
+
+    folder, wav = tmp_path / "cache" / "x", tmp_path / "a.wav"
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    specs = [AudioSpec(path=str(wav), start_sec=None, end_sec=None)]
+    calls = []
+
+    def encode(rows, bar):
+        calls.append(len(rows))
+        return np.ones((len(rows), 3), np.float32)
+
+    def run():
+        out.append(cached_rows(specs, ["h0"], folder=folder, fingerprint="fp", description={}, encode=encode,
+                               progress=False))
+
+    out = []
+    with cache_lock(folder):  # another process embedding into the same folder
+        other = threading.Thread(target=run)
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and not calls  # blocked on the lock, nothing computed
+    other.join(timeout=30)
+    assert not other.is_alive() and calls == [1] and out[0].shape == (1, 3)
+    assert (folder / LOCK_FILE).is_file()
+    with open(folder / LOCK_FILE) as handle:  # released after use
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,9 +1,10 @@
-"""Interrupted runs: `embed`, `cv` and `ablate` are SIGKILLed part-way, then run again; the result must equal
+"""Interrupted runs: `embed`, `cv`, `ablate`, `train`, `predict` and `predict --live` are SIGKILLed part-way, then run again; the result must equal
 an uninterrupted run, and nothing half-written may be left where a reader would take it as complete.
 
 Each killed run is a real subprocess. It stops at a chosen point (after the n-th atomic rename of a file
 named like a pattern, or just before it, while the temp file is written but not yet renamed) and waits to
-be killed there, so the kill lands at the same place on every machine, however loaded. The rerun happens
+be killed there, so the kill lands at the same place on every machine, however loaded. (`predict` appends
+and fsyncs its outputs call by call instead of renaming: its kill point is the n-th fsync.) The rerun happens
 in-process (cheaper), through `ctxemo.cli.main` exactly as a user would type it.
 """
 import csv
@@ -58,6 +59,18 @@ DRIVER = textwrap.dedent('''
         return out
 
     os.replace = replace
+    real_fsync = os.fsync
+
+    def fsync(fd):  # pattern "fsync": the n-th fsync (predict flushes its appended outputs call by call)
+        hit = pattern == "fsync"
+        seen[0] += hit
+        if hit and seen[0] == n and when == "before":
+            pause()
+        real_fsync(fd)
+        if hit and seen[0] == n and when == "after":
+            pause()
+
+    os.fsync = fsync
     from ctxemo.cli import main
     sys.exit(main(sys.argv[6:]))
 ''')
@@ -252,3 +265,74 @@ def _assert_same_folds(got, want):
     for name in want:
         np.testing.assert_array_equal(np.array(got[name], dtype=float), np.array(want[name], dtype=float),
                                       err_msg=name)
+
+
+# ----------------------------------------------------------------------------- train, predict, predict --live
+
+# A causal bundle (so that it can score live) trained on the precomputed-features corpus: one model.
+TRAIN = [*CV[:2], "cv.inner_folds=0", "context.causal=true", "context.window=3"]
+BUNDLE_FILES = ("model.safetensors", "thresholds.json", "taxonomy.json", "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def bundle(corpus, tmp_path_factory):
+    """The uninterrupted `ctxemo train` run: its bundle scores the predict tests, its files are the reference."""
+    run = tmp_path_factory.mktemp("bundle") / "whole"
+    assert main(["train", str(corpus), *TRAIN, "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_train_killed_after_its_first_checkpoint_resumes_to_the_same_bundle(tmp_path, corpus, bundle, start_paused,
+                                                                           capsys):
+    args = ["train", str(corpus), *TRAIN, "--out", str(tmp_path / "killed"), "--quiet"]
+    start_paused(args, when="after", n=1, pattern="checkpoint.pt").kill()  # epoch 1 of 2 done
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoint.pt").is_file() and not (killed / "bundle").exists()
+    assert_nothing_torn(killed)
+
+    assert main(args) == 0
+    assert "epoch(s) 1-1 of 2 kept from" in capsys.readouterr().out  # the resume says what it keeps
+    for name in BUNDLE_FILES:
+        assert (killed / "bundle" / name).read_bytes() == (bundle / "bundle" / name).read_bytes(), name
+    assert (killed / "metrics.json").read_bytes() == (bundle / "metrics.json").read_bytes()
+    assert not (killed / "checkpoint.pt").exists()
+    assert_nothing_torn(killed)
+
+
+def _outputs(folder, *, drop=("latency_ms",)):
+    """Every predict output as parsed rows, without the columns that differ between runs (live timing)."""
+    out = {}
+    for name in ("segments.csv", "calls.csv", "skipped.csv"):
+        with open(folder / name, newline="", encoding="utf-8") as handle:
+            out[name] = [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+    for name in ("segments.jsonl", "calls.jsonl"):
+        rows = [json.loads(line) for line in (folder / name).read_text(encoding="utf-8").splitlines()]
+        out[name] = [{k: v for k, v in row.items() if k not in drop} for row in rows]
+    return out
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["offline", "live"])
+def test_predict_killed_between_two_writes_of_a_call_resumes_to_the_same_outputs(tmp_path, corpus, bundle,
+                                                                                 start_paused, live):
+    manifest, feats = corpus.parent / "manifest.jsonl", corpus.parent / "feats.npy"
+    args = ["predict", str(bundle / "bundle"), str(manifest), "--features", str(feats), "--quiet",
+            *(["--live"] if live else [])]
+    # fsyncs: 5 when the outputs are opened, then 5 + 5 per call (its rows; then calls.csv, the "call done"
+    # row). The 20th: call 2's segment rows are on disk, its calls.csv row is not.
+    child = start_paused([*args, "--out", str(tmp_path / "killed")], when="after", n=20, pattern="fsync")
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    child.kill()
+    killed = tmp_path / "killed"
+    state = _outputs(killed)
+    assert len(state["calls.csv"]) == 1 and {r["call_id"] for r in state["segments.csv"]} == \
+        {state["calls.csv"][0]["call_id"], _outputs(tmp_path / "whole")["calls.csv"][1]["call_id"]}
+    assert_nothing_torn(killed)
+
+    assert main([*args, "--out", str(killed)]) == 0
+    resumed, whole = _outputs(killed), _outputs(tmp_path / "whole")
+    assert len(whole["calls.csv"]) == 12
+    assert resumed == whole  # row for row, value for value (bitwise: the same text)
+    if not live:
+        for name in ("segments.csv", "calls.csv", "segments.jsonl", "calls.jsonl"):
+            assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert_nothing_torn(killed)

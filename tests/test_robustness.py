@@ -221,7 +221,7 @@ MANIFEST_CASES = {
     "missing_audio_file": ("\n".join([MANIFEST_HEADER, *GOOD, "c0,1,../nowhere.wav,p0,caller,0,"]) + "\n",
                            r"line 5: column 'audio': file not found: .*nowhere\.wav"),
     "non_utf8": (("\n".join([MANIFEST_HEADER, *GOOD, "通话,0,../a.wav,p9,caller,0,"]) + "\n").encode("gb18030"),
-                 r"not UTF-8 text"),
+                 r"line 5: not UTF-8 text \(byte 0x[0-9a-f]{2}, byte \d+ of the line\); re-save the manifest as UTF-8"),
     "empty_file": (b"", r"empty manifest"),
     "header_only": (MANIFEST_HEADER + "\n", r"manifest has no rows"),
     "segment_index_not_integer": ("\n".join([MANIFEST_HEADER, *GOOD, "c0,one,../a.wav,p0,caller,0,"]) + "\n",
@@ -297,7 +297,7 @@ def test_missing_config_file_is_named(capsys, tmp_path):
 @pytest.mark.parametrize("kind, message", [
     ("missing", r"features file not found"),
     ("rows", r"feature rows but the manifest has"),
-    ("nan", r"NaN or Inf in feature row\(s\) \[3\]"),
+    ("nan", r"NaN or Inf in the features of 1 row\(s\); .*manifest\.jsonl: line 4 \(call 'c00_0', segment 3\)"),
     ("rank", r"features must be 2-D"),
     ("pickle", r"not a readable \.npy array"),
     ("text", r"not a readable \.npy array"),
@@ -445,7 +445,8 @@ def test_pickled_payload_in_a_bundle_is_refused(capsys, tmp_path, audio_root):
 
     from test_bundle import random_bundle, tiny_config
 
-    from ctxemo.inference.bundle import META_FILE, WEIGHTS_FILE, _sha256
+    from ctxemo.inference.bundle import META_FILE, WEIGHTS_FILE
+    from ctxemo.io import file_sha256
 
     evidence = tmp_path / "payload-ran"
     original = random_bundle(tmp_path / "bundle", tiny_config(tmp_path))
@@ -462,7 +463,7 @@ def test_pickled_payload_in_a_bundle_is_refused(capsys, tmp_path, audio_root):
     shutil.copytree(original, swapped)
     torch.save({"w": _Payload(evidence)}, swapped / WEIGHTS_FILE)
     meta = json.loads((swapped / META_FILE).read_text(encoding="utf-8"))
-    meta["files"][WEIGHTS_FILE] = _sha256(swapped / WEIGHTS_FILE)
+    meta["files"][WEIGHTS_FILE] = file_sha256(swapped / WEIGHTS_FILE)
     (swapped / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     err = fails(capsys, "predict", swapped, audio_root / "a.wav", "--out", tmp_path / "p2")
     assert f"{swapped / WEIGHTS_FILE}: not a safetensors file" in err
@@ -506,6 +507,9 @@ def test_rerun_into_a_folder_of_another_config_is_refused(capsys, audio_root):
     """A run folder remembers its config: another config must not resume (and mix with) it."""
     cfg = write_corpus(audio_root, "other-config", [], text=MANIFEST_CASES["header_only"][0])
     out = cfg.parent / "run"
-    fails(capsys, "cv", cfg, "--out", out, "--quiet")  # fails on the manifest, after writing config.yaml
+    fails(capsys, "cv", cfg, "--out", out, "--quiet")  # fails on the manifest: a refused run writes nothing
+    assert not out.exists()
+    out.mkdir()
+    (out / "config.yaml").write_text("name: another-study\n", encoding="utf-8")  # (tests/test_run_folders.py: real runs)
     err = fails(capsys, "cv", cfg, "train.epochs=3", "--out", out, "--quiet")
     assert f"{out} holds a run with a different config" in err and "--overwrite" in err

@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ctxemo.data.text import read_text
 from ctxemo.errors import ManifestError
 from ctxemo.io import atomic_path
 from ctxemo.taxonomy import Taxonomy
@@ -99,10 +100,8 @@ def _read_rows(path: Path) -> List[tuple]:
     """[(line_number, {column: raw value})] from CSV or JSONL, with errors naming the file."""
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from spreadsheet exports
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the manifest as UTF-8") from None
+    # UTF-8 is the contract; a BOM from spreadsheet exports is tolerated.
+    text, _ = read_text(path, encodings=("utf-8-sig",), hint="re-save the manifest as UTF-8")
     rows: List[tuple] = []
     if path.suffix.lower() in (".jsonl", ".json"):
         # Split on "\n" only: str.splitlines would also cut at U+2028, form feeds etc., which JSON

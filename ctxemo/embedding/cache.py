@@ -9,12 +9,16 @@ A row is reused when the encoder fingerprint matches and its own audio hash (pat
 crop, channel, rate) is in the previous sidecar; only the other rows are encoded, in shards of
 `shard_rows` that are saved as they finish, so an interrupted run resumes where it stopped.
 `cached_rows` is that cache for any row-wise extractor: openSMILE functionals
-(ctxemo.embedding.opensmile_features) use it with their own fingerprint.
+(ctxemo.embedding.opensmile_features) use it with their own fingerprint. Processes sharing a cache folder
+take turns (`cache_lock`): the second finds the first one's result and reuses it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -47,6 +51,9 @@ EMBEDDINGS_FILE = "embeddings.npy"
 
 
 SIDECAR_FILE = "embeddings.json"
+
+
+LOCK_FILE = ".lock"
 
 
 def _sha(obj: Any) -> str:
@@ -128,6 +135,11 @@ def row_hashes(specs: Sequence[AudioSpec]) -> List[str]:
             stats[path] = (st.st_size, st.st_mtime_ns)
         out.append(_sha([str(path), *stats[path], spec.start_sec, spec.end_sec])[:32])
     return out
+
+
+def audio_fingerprint(specs: Sequence[RowLike]) -> str:
+    """One hash of every row's audio (`row_hashes`): what the cache compares, and what run.json records."""
+    return _sha(row_hashes([as_audio_spec(r) for r in specs]))
 
 
 def cache_folder(cfg: DictConfig, cache_dir: Union[str, Path], encoder_fp: str) -> Path:
@@ -212,7 +224,33 @@ def cached_rows(
     Returns:
         float32 [N, D], row i = specs[i]; written atomically to `folder` with its sidecar.
     """
-    hashes = list(hashes)
+    with cache_lock(folder):
+        return _cached_rows(specs, list(hashes), folder=folder, fingerprint=fingerprint, description=description,
+                            encode=encode, desc=desc, progress=progress, shard_rows=shard_rows,
+                            on_shard_done=on_shard_done)
+
+
+@contextmanager
+def cache_lock(folder: Path, *, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)):
+    """One process at a time in a cache folder (runs and arms on one encoder share it): an advisory lock on
+    `folder/.lock`. The kernel drops it when its holder dies, even by SIGKILL, so it is never left stale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[embed] waiting for another ctxemo process to finish with {folder}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path, fingerprint: str,
+                 description: Dict[str, Any], encode: Callable[[List[AudioSpec], tqdm], np.ndarray], desc: str,
+                 progress: bool, shard_rows: int, on_shard_done: Optional[Callable[[int], None]]) -> np.ndarray:
+    """`cached_rows` under the folder's lock."""
     audio_fp = _sha(hashes)
     sidecar = _read_sidecar(folder)
     old = _load_matching(folder, sidecar, fingerprint)

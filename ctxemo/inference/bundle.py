@@ -20,7 +20,6 @@ Legend: n = segments of a call, s = segments in the model's sequence, d = featur
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from ctxemo.embedding.opensmile_features import (
 from ctxemo.embedding.opensmile_features import embed_waves as embed_functionals
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
 from ctxemo.evaluation.evaluate import Thresholds
+from ctxemo.io import file_sha256
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
@@ -326,14 +326,6 @@ class Bundle:
 
 # ----------------------------------------------------------------------------- save
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -398,7 +390,7 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             "format": BUNDLE_FORMAT, "ctxemo_version": __version__,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "d_in": int(d_in), "embedding": embedding, "time_features": bool(time_features_used),
-            "train": train_info or {}, "files": {name: _sha256(tmp / name) for name in files},
+            "train": train_info or {}, "files": {name: file_sha256(tmp / name) for name in files},
             "members": len(model.members) if isinstance(model, EnsembleCallModel) else 1,
             "smoother": None if smoother is None else smoother.state(),
             "calibration": None if calibrator is None else calibrator.state(),
@@ -436,7 +428,7 @@ def _check_files(folder: Path, meta: Dict[str, Any]) -> None:
         path = folder / name
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise BundleError(f"{path}: modified after the bundle was written (sha256 mismatch)")
 
 
@@ -459,7 +451,7 @@ def load_bundle(folder: str | Path, *, device: torch.device | str = "cpu") -> Bu
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{meta_path}: bundle format {meta.get('format') if isinstance(meta, dict) else None!r}, "
                           f"this ctxemo ({__version__}) reads {BUNDLE_FORMAT!r}")
-    meta["_sha256"] = _sha256(meta_path)
+    meta["_sha256"] = file_sha256(meta_path)
     _check_files(folder, meta)
 
     try:

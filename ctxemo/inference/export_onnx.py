@@ -34,8 +34,8 @@ from ctxemo.inference.onnx_bundle import (
     FRAMES_FILE,
     POOL_FILE,
     load_onnx_bundle,
-    sha256,
 )
+from ctxemo.io import file_sha256
 from ctxemo.models.call_model import CallModel
 from ctxemo.models.featurizer import mix_layers
 from ctxemo.models.segment_encoder import SegmentEncoder
@@ -167,7 +167,7 @@ def export_onnx(bundle: Bundle | str | Path, out_dir: str | Path, *, check: bool
             "min_segment_sec": float(bundle.cfg.data.min_segment_sec),
             "smoother": bundle.meta.get("smoother"), "versions": bundle.versions,
             "calibration": None if bundle.calibrator is None else bundle.calibrator.state(),
-            "files": {name: sha256(tmp / name) for name in files},
+            "files": {name: file_sha256(tmp / name) for name in files},
         }
         if encoder_meta:
             meta.update(encoder_min_samples=encoder_meta["min_samples"],

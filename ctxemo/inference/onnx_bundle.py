@@ -22,7 +22,6 @@ anything else that embeds and scores windows through a Bundle) runs on them unch
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from ctxemo.data.short_segments import min_segment_samples
 from ctxemo.errors import BundleError, ConfigError
 from ctxemo.evaluation.evaluate import Thresholds
 from ctxemo.inference.bundle import Bundle
+from ctxemo.io import file_sha256
 from ctxemo.models.chunking import split_into_chunks
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training.calibration import TemperatureScaler
@@ -46,14 +46,6 @@ EXPORT_FORMAT = "ctxemo-onnx/1"
 EXPORT_FILE = "export.json"
 FRAMES_FILE, POOL_FILE, CONTEXT_FILE = "encoder_frames.onnx", "encoder_pool.onnx", "context.onnx"
 COPIED_FILES = ("config.yaml", "thresholds.json", "taxonomy.json")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _session(path: Path, threads: int, spin: bool):
@@ -136,9 +128,9 @@ def load_onnx_bundle(folder: str | Path, *, threads: int = 1, spin: bool = True)
         path = folder / name
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in {EXPORT_FILE})")
-        if sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise BundleError(f"{path}: modified since export (sha256 differs from {EXPORT_FILE})")
-    meta["_sha256"] = sha256(meta_path)
+    meta["_sha256"] = file_sha256(meta_path)
     cfg = load_config([folder / "config.yaml"])
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     raw = json.loads((folder / "thresholds.json").read_text(encoding="utf-8"))

@@ -185,7 +185,7 @@ def prepare_manifest(bundle: Bundle, path: Path, *, features: Optional[Path] = N
                         "manifest (predict_manifest(..., features=...))")
     try:
         manifest = load_manifest(path, bundle.taxonomy, require_audio=features is None, check_audio_exists=False)
-        feats = load_features(features, len(manifest)) if features is not None else None
+        feats = load_features(features, len(manifest), manifest=manifest) if features is not None else None
     except ManifestError as exc:
         raise SkipInput(str(exc)) from None
     if feats is not None and feats.shape[1] != bundle.d_in:

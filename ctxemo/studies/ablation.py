@@ -6,7 +6,7 @@ A rerun skips finished arm-folds, so a killed ablation resumes where it stopped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,8 +14,8 @@ from ctxemo.config import BASELINES, load_config
 from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
 from ctxemo.reports.comparison import finish_comparison, write_comparison
-from ctxemo.runinfo import start_run
-from ctxemo.studies.cv import run_cv
+from ctxemo.runinfo import RunFolder, start_run
+from ctxemo.studies.cv import get_folds, run_cv, selected_folds
 from ctxemo.training import distributed
 
 
@@ -43,9 +43,14 @@ def _data_key(cfg: DictConfig) -> str:
                                                "embeddings": cfg.train.mode != "end_to_end"}))
 
 
-def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=print) -> Dict:
+def run_ablation(cfg: DictConfig, run_dir: Path, *, folder: Optional[RunFolder] = None, command: str = "ablate",
+                 progress: bool = True, log=print) -> Dict:
     """Run every arm's CV on shared folds and write the comparison (summary.json/.csv/.md).
 
+    Args:
+        folder: the study folder's guard: the first arm's inputs are checked before they are embedded, and
+            nothing is written before the folds are known to be possible. None: the caller wrote the folder.
+        command: what run.json records (`ablate`, `demo`).
     Returns:
         {"reference", "metrics", "arms": {arm: summary}, "paired": {arm: {metric: paired_test}}}.
     """
@@ -53,22 +58,33 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
     arms = arms_from_config(cfg)
     reference = cfg.ablation.reference or next(iter(arms))
     folds_path = run_dir / "folds.json"
+    arm_cfgs = {arm: load_config(overrides=overrides, base=cfg) for arm, overrides in arms.items()}
     loaded: Dict[str, CorpusData] = {}
-    summaries: Dict[str, Dict] = {}
-    for arm, overrides in arms.items():
-        arm_cfg = load_config(overrides=overrides, base=cfg)
+    main = distributed.is_main()  # under torchrun, other ranks train alongside and write nothing
+
+    def corpus(arm_cfg: DictConfig, check_inputs=None) -> CorpusData:
         key = _data_key(arm_cfg)
         if key not in loaded:
-            loaded[key] = load_corpus(arm_cfg, cache_root=Path(cfg.out_dir) / "cache", progress=progress)
-        main = distributed.is_main()  # under torchrun, other ranks train alongside and write nothing
-        arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm") if main else run_dir / arm
+            loaded[key] = load_corpus(arm_cfg, cache_root=Path(cfg.out_dir) / "cache", progress=progress,
+                                      check_inputs=check_inputs)
+        return loaded[key]
+
+    if folder is not None:
+        first_cfg = next(iter(arm_cfgs.values()))
+        first = corpus(first_cfg, folder.check_inputs)
+        # The folds and their inner splits possible? (raises if not, before anything is written)
+        selected_folds(first_cfg, first, get_folds(first.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed))
         if main:
-            log(f"[ablate] arm {arm!r}: {' '.join(overrides) or '(base config)'}")
-        summaries[arm] = run_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path,
-                                progress=progress and main)
+            folder.start(command=command, inputs=first.inputs)
+    summaries: Dict[str, Dict] = {}
+    for arm, arm_cfg in arm_cfgs.items():
+        data = corpus(arm_cfg)
+        arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm", inputs=data.inputs) if main else run_dir / arm
+        if main:
+            log(f"[ablate] arm {arm!r}: {' '.join(arms[arm]) or '(base config)'}")
+        summaries[arm] = run_cv(arm_cfg, arm_dir, data=data, folds_path=folds_path, progress=progress and main,
+                                log=log)
     if not distributed.is_main():
         return {"reference": reference, "arms": summaries}
     result = write_comparison(run_dir, summaries, reference=reference, log=log)
     return finish_comparison(run_dir, result, log=log)
-
-

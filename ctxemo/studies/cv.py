@@ -21,27 +21,59 @@ from ctxemo.data.splits import (
     save_folds,
 )
 from ctxemo.embedding.corpus import CorpusData, load_corpus
+from ctxemo.errors import ConfigError
 from ctxemo.evaluation.evaluate import HEADLINE, decision_thresholds, evaluate, headline
 from ctxemo.evaluation.metrics import (
     summarize_folds,
 )
 from ctxemo.io import atomic_path, read_json, write_json
 from ctxemo.reports.tables import write_predictions, write_summary_tables
+from ctxemo.runinfo import RunFolder
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training import distributed
-from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
+from ctxemo.training.crossfit import discard_checkpoints, inner_splits, train_fold_model
 
 # ----------------------------------------------------------------------------- folds
 
 
 def get_folds(manifest: Manifest, path: Path, *, n_folds: int, seed: int) -> List[np.ndarray]:
-    """Folds saved at `path` if present (so every arm and every resume uses the same), else new ones."""
+    """Folds saved at `path` if present (so every arm and every resume uses the same), else new ones
+    (not saved here: nothing is written before every check, these folds included, has passed)."""
     if path.is_file():
         return load_folds(path, manifest.caller_id)
-    folds = make_folds(manifest, n_folds=n_folds, seed=seed)  # deterministic: every rank gets the same
-    if distributed.is_main():
-        save_folds(path, folds, manifest.caller_id)
-    return folds
+    return make_folds(manifest, n_folds=n_folds, seed=seed)  # deterministic: every rank gets the same
+
+
+def selected_folds(cfg: DictConfig, data: CorpusData, folds: List[np.ndarray]) -> List[int]:
+    """The folds to run (`cv.only_folds`, or all), once each is known to be possible: a valid number and an
+    inner split its training callers allow. Raises before anything is written."""
+    selected = list(cfg.cv.only_folds) or list(range(len(folds)))
+    if any(not 0 <= k < len(folds) for k in selected):
+        raise ConfigError(f"config key 'cv.only_folds' = {selected}: folds are numbered 0 to {len(folds) - 1}")
+    for k in selected:
+        inner_splits(cfg, data, np.setdiff1d(np.arange(len(data.manifest)), folds[k]), seed=cfg.seed + k)
+    return selected
+
+
+def resume_note(run_dir: Path, folds: List[int]) -> Optional[str]:
+    """What a rerun keeps, e.g. "fold(s) 0-2 done earlier (kept); running fold(s) 3-4"; None on a fresh run."""
+    done = [k for k in folds if (run_dir / f"fold{k}" / "metrics.json").is_file()]
+    if not done:
+        return None
+    rest = [k for k in folds if k not in done]
+    return (f"{run_dir}: fold(s) {_span(done)} done earlier (kept); "
+            + (f"running fold(s) {_span(rest)}" if rest else "rebuilding the summary from them"))
+
+
+def _span(numbers: List[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2, 4"."""
+    parts, start = [], None
+    for i, k in enumerate(numbers):
+        start = k if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != k + 1:
+            parts.append(str(k) if k == start else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- one fold
@@ -87,27 +119,38 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
 
 
 def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
-           progress: bool = True) -> Dict:
+           folder: Optional[RunFolder] = None, progress: bool = True, log=print) -> Dict:
     """K-fold caller-grouped CV of one configuration; finished folds are skipped on a rerun.
 
     Args:
         run_dir: output folder (per-fold subfolders, summary.{json,csv,md}).
         data: manifest + features, if already loaded (ablations share one).
         folds_path: folds file shared between arms (default run_dir/folds.json).
+        folder: the run folder's guard (`ctxemo cv`): checks the inputs before they are embedded and writes
+            config.yaml and run.json once the folds are known to be possible. None: the caller did that.
     Returns:
         summary dict {metric: {mean, std, folds}}.
     """
     run_dir = Path(run_dir)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
-    data = data if data is not None else load_corpus(cfg, progress=progress)
-    folds = get_folds(data.manifest, folds_path or run_dir / "folds.json", n_folds=cfg.cv.folds, seed=cfg.seed)
+    if data is None:
+        data = load_corpus(cfg, progress=progress, check_inputs=folder.check_inputs if folder else None)
+    folds_path = folds_path or run_dir / "folds.json"
+    folds = get_folds(data.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller
-    if distributed.is_main():
+    selected = selected_folds(cfg, data, folds)
+    if distributed.is_main():  # every check has passed: the first writes
+        if folder is not None:
+            folder.start(command="cv", inputs=data.inputs)
+        if not folds_path.is_file():
+            save_folds(folds_path, folds, data.manifest.caller_id)
         write_json(run_dir / "fold_prevalence.json", fold_prevalence(
             [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
             groups=data.manifest.caller_id))
-    selected = list(cfg.cv.only_folds) or list(range(len(folds)))
+        note = resume_note(run_dir, selected)
+        if note:
+            log(f"[resume] {note}")
     per_fold = []
     for k in selected:
         fold_dir = run_dir / f"fold{k}"

@@ -23,22 +23,24 @@ from ctxemo.inference.bundle import (
 )
 from ctxemo.io import write_json
 from ctxemo.models.ensemble import EnsembleCallModel
-from ctxemo.runinfo import start_run
+from ctxemo.runinfo import RunFolder, start_run
 from ctxemo.taxonomy import Taxonomy
-from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
+from ctxemo.training.crossfit import discard_checkpoints, inner_splits, train_fold_model
 
 VERIFY_ROWS = 4  # segments re-embedded with the rebuilt encoder before the bundle is written
 BAND_ROWS = 64  # caller segments whose band edge is recorded in the bundle
 
 
 def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *, data: CorpusData | None = None,
-                 log=print) -> Path:
+                 folder: RunFolder | None = None, log=print) -> Path:
     """Train on every caller and write `run_dir/bundle`.
 
     Args:
         cfg: resolved config (two_stage, or end_to_end: the bundle then carries the encoder's trained weights).
         run_dir: run folder: config.yaml, run.json, inner-validation metrics.json, history.json, bundle/.
         data: manifest + features if already loaded (else `load_corpus`, using the embedding cache).
+        folder: the run folder's guard (`ctxemo train`): inputs checked before they are embedded, config.yaml
+            and run.json written once they pass (default: written without checks).
     Returns:
         The bundle folder.
     Raises:
@@ -52,8 +54,13 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
     if end_to_end and (cfg.cv.inner_folds >= 2 or cfg.train.ensemble > 1):
         raise ConfigError("an end-to-end bundle holds one encoder: set cv.inner_folds=0 and train.ensemble=1 "
                           "for `ctxemo train` in train.mode=end_to_end")
-    start_run(run_dir, cfg, command="train")
-    data = data if data is not None else load_corpus(cfg, progress=progress)
+    if data is None:
+        data = load_corpus(cfg, progress=progress, check_inputs=folder.check_inputs if folder else None)
+    inner_splits(cfg, data, np.arange(len(data.manifest)), seed=cfg.seed)  # possible? (raises before any write)
+    if folder is not None:
+        folder.start(command="train", inputs=data.inputs)
+    else:
+        start_run(run_dir, cfg, command="train", inputs=data.inputs)
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
     # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller: the same inner
     # protocol (one split, or cross-fitting with an ensemble of the inner models) and the same thresholds.

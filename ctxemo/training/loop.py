@@ -197,6 +197,9 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
         torch.set_rng_state(ckpt["torch_rng"])
         start_epoch, best, best_epoch, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
         history, best_state, best_metrics = ckpt["history"], ckpt["best_state"], ckpt["best_metrics"]
+        if distributed.is_main():  # a resume says what it keeps
+            print(f"[resume] {desc}: epoch(s) 1-{start_epoch} of {cfg_train.epochs} kept from {checkpoint_path}, "
+                  f"resuming at epoch {start_epoch + 1}", flush=True)
 
     board = _scalar_writer(log_dir) if log_dir is not None and distributed.is_main() else None
     bar = tqdm(range(start_epoch, cfg_train.epochs), desc=desc, disable=not (progress and distributed.is_main()),
