@@ -1,7 +1,13 @@
 """Evaluation metrics, decision-threshold tuning, fold summaries and paired significance tests.
 
-numpy arrays in, plain Python floats / ints / dicts out (JSON-serialisable; undefined values are NaN).
+numpy arrays in, plain Python floats / ints / dicts out (undefined values are NaN here; ctxemo.io writes
+them to JSON as null).
 Shape legend: n = rows (segments), c = labels / classes.
+
+Labels absent from a fold (the one rule for every macro average): a label with no gold positive among the
+scored rows is left out of macro F1, macro AP and macro AUROC alike, and `n_labels_present` says how many
+were averaged. Its per-label recall and F1 are NaN there (undefined; a perfect model would otherwise
+score 0 on it). Spurious predictions of an absent label still count, in micro F1 and the per-label precision.
 """
 from __future__ import annotations
 
@@ -143,14 +149,14 @@ def fine_metrics(
         multilabel: True predicts probs >= thresholds per label; False predicts the argmax.
         thresholds: scalar or [c] (multi-label only); None = 0.5.
     Returns:
-        weighted_f1, macro_f1, micro_f1, samples_f1 (multi-label only; NaN for multi-class, where it
-        would equal accuracy), accuracy (exact match for multi-label), macro_ap and macro_auroc (mean
-        over labels that have positives), per_label {name: {precision, recall, f1, support, ap,
-        auroc}}, confused_pairs [{true, pred, count}] (at most 10, largest first). For multi-label a
-        pair counts rows where `true` is a missed label and `pred` a spurious one; for multi-class
-        it is the off-diagonal confusion count. zero_division = 0 everywhere, as in scikit-learn:
-        note a multi-label row with no true and no predicted label scores 0 in samples_f1, so read
-        samples_f1 on rows that carry labels (e.g. negative segments only).
+        weighted_f1, macro_f1 (over the labels present, see the module note), micro_f1,
+        labelled_samples_f1 (multi-label only: the per-row F1 averaged over rows with at least one gold
+        label; a row with no gold label has no F1 of its own; NaN for multi-class, where it would equal
+        accuracy), accuracy (exact match for multi-label), macro_ap and macro_auroc, n_labels_present,
+        per_label {name: {precision, recall, f1, support, ap, auroc}}, confused_pairs [{true, pred,
+        count}] (at most 10, largest first). For multi-label a pair counts rows where `true` is a
+        missed label and `pred` a spurious one; for multi-class it is the off-diagonal confusion count.
+        zero_division = 0 otherwise, as in scikit-learn.
     """
     p = np.asarray(probs, dtype=float)
     c = len(labels)
@@ -171,26 +177,31 @@ def fine_metrics(
         eye = np.eye(c, dtype=int)
         y_ind, pred_ind = eye[y_idx], eye[pred_idx]
 
+    present = y_ind.sum(axis=0) > 0  # [c] labels with a gold positive: the ones macro averages run over
     with _quiet():
         if multilabel:
-            avg = {k: f1_score(y, pred, average=k, zero_division=0) for k in ("weighted", "macro", "micro", "samples")}
+            avg = {k: f1_score(y, pred, average=k, zero_division=0) for k in ("weighted", "micro")}
+            labelled = y.sum(axis=1) > 0
+            avg["samples"] = (f1_score(y[labelled], pred[labelled], average="samples", zero_division=0)
+                              if labelled.any() else NAN)
             accuracy = accuracy_score(y, pred)
         else:
             kw = dict(labels=list(range(c)), zero_division=0)
-            avg = {k: f1_score(y_idx, pred_idx, average=k, **kw) for k in ("weighted", "macro", "micro")}
+            avg = {k: f1_score(y_idx, pred_idx, average=k, **kw) for k in ("weighted", "micro")}
             avg["samples"] = NAN
             accuracy = accuracy_score(y_idx, pred_idx)
         precision, recall, f1, support = precision_recall_fscore_support(
             y_ind, pred_ind, average=None, zero_division=0
         )
+    avg["macro"] = float(f1[present].mean()) if present.any() else NAN
 
     per_label: Dict[str, Dict[str, float]] = {}
     for k, name in enumerate(labels):
         auroc, ap = _ranking_scores(y_ind[:, k], p[:, k])
         per_label[name] = {
             "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "f1": float(f1[k]),
+            "recall": float(recall[k]) if present[k] else NAN,
+            "f1": float(f1[k]) if present[k] else NAN,
             "support": int(support[k]),
             "ap": ap,
             "auroc": auroc,
@@ -207,10 +218,11 @@ def fine_metrics(
         "weighted_f1": float(avg["weighted"]),
         "macro_f1": float(avg["macro"]),
         "micro_f1": float(avg["micro"]),
-        "samples_f1": float(avg["samples"]),
+        "labelled_samples_f1": float(avg["samples"]),
         "accuracy": float(accuracy) if p.shape[0] else NAN,
-        "macro_ap": _nanmean([m["ap"] for m in per_label.values()]),
-        "macro_auroc": _nanmean([m["auroc"] for m in per_label.values()]),
+        "macro_ap": _nanmean([m["ap"] for m, keep in zip(per_label.values(), present) if keep]),
+        "macro_auroc": _nanmean([m["auroc"] for m, keep in zip(per_label.values(), present) if keep]),
+        "n_labels_present": int(present.sum()),
         "per_label": per_label,
         "confused_pairs": _confused_pairs(pair_counts, labels),
     }

@@ -45,6 +45,7 @@ from ctxemo.embedding.opensmile_features import (
 from ctxemo.embedding.opensmile_features import embed_waves as embed_functionals
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
 from ctxemo.evaluation.evaluate import Thresholds
+from ctxemo.io import json_text
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
@@ -296,7 +297,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json_text(obj) + "\n", encoding="utf-8")
 
 
 def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresholds: Thresholds, d_in: int,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ctxemo.errors import CtxemoError
+from ctxemo.io import json_text
 
 SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
 CALL_COLUMNS = ["call_id", "source", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
@@ -178,7 +179,7 @@ class PredictionWriter:
         for name in ("segments.jsonl", "calls.jsonl"):
             _filter_jsonl(self.out_dir / name, done)
         tmp = run_path.with_name(f".{RUN_FILE}.tmp")
-        tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(run) + "\n", encoding="utf-8")
         os.replace(tmp, run_path)
         return done
 
@@ -194,7 +195,7 @@ class PredictionWriter:
 
     def _jsonl(self, name: str, rows: Iterable[Dict[str, Any]]) -> None:
         for row in rows:
-            self._files[name].write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._files[name].write(json_text(row, indent=None) + "\n")
 
     def write_call(self, records: List[Dict[str, Any]], summary: Dict[str, Any],
                    skipped: List[Dict[str, Any]]) -> None:
