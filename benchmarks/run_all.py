@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 SMALL = {
     "bench_context.py": ["--scales", "0.1", "0.2", "--folds", "2"],
     "bench_embed.py": ["--count", "8", "--max-sec", "6"],
+    "bench_folds.py": ["--seeds", "2"],
     "bench_embed_memory.py": ["--calls", "4", "16"],
     "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
 }

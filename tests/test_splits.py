@@ -149,3 +149,39 @@ def test_load_rejects_mismatched_manifest(corpus, tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ManifestError, match="folds.json"):
         load_folds(path, groups)
+
+
+def test_binary_label_stratified_as_well_as_stratified_group_kfold():
+    """The issue's repro corpus (60 callers), 3 corpus seeds: the spread of the folds' negative share is
+    within 1.5x of scikit-learn's StratifiedGroupKFold on the binary label alone, and the fine labels'
+    spread no worse than StratifiedGroupKFold's (the rule before issue 15 left the binary spread ~4x)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from ctxemo.data.splits import prevalence_spread
+    from ctxemo.data.synthetic import CorpusSpec, sample_corpus_params
+
+    ours, theirs = [], []
+    for seed in range(3):
+        p = sample_corpus_params(CorpusSpec(n_calls=120, seed=seed, calls_per_caller=(1, 3), min_turns=12,
+                                            max_turns=20))
+        c = p.is_caller
+        groups, labels = np.array(p.caller_id)[c], np.c_[p.negative[c], p.fine[c]].astype(int)
+        names = ["negative", *[f"l{k}" for k in range(p.fine.shape[1])]]
+        folds = caller_folds(groups, labels, n_folds=5, seed=seed)
+        sgkf = [t for _, t in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(labels, labels[:, 0],
+                                                                                             groups)]
+        ours.append(prevalence_spread(fold_prevalence(folds, labels, names)))
+        theirs.append(prevalence_spread(fold_prevalence(sgkf, labels, names)))
+    mean = lambda table, key: np.mean([row[key] for row in table])  # noqa: E731
+    assert mean(ours, "binary_spread") <= 1.5 * mean(theirs, "binary_spread"), (ours, theirs)
+    assert mean(ours, "fine_spread") <= mean(theirs, "fine_spread"), (ours, theirs)
+
+
+def test_prevalence_spread_reads_a_fold_table():
+    from ctxemo.data.splits import prevalence_spread
+
+    labels = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    table = fold_prevalence([np.array([0, 1]), np.array([2, 3])], labels, ["negative", "a", "absent"])
+    spread = prevalence_spread(table)
+    assert spread["binary_spread"] == pytest.approx(0.25)  # shares 0.5 and 1.0
+    assert spread["fine_spread"] == pytest.approx(0.0)  # "a": 0.5 and 0.5; "absent" has no positive

@@ -18,6 +18,7 @@ from ctxemo.data.splits import (
     fold_prevalence,
     load_folds,
     make_folds,
+    prevalence_spread,
     save_folds,
 )
 from ctxemo.embedding.corpus import CorpusData, load_corpus
@@ -102,9 +103,13 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller
     if distributed.is_main():
-        write_json(run_dir / "fold_prevalence.json", fold_prevalence(
-            [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
-            groups=data.manifest.caller_id))
+        prevalence = fold_prevalence([f[caller_rows[f]] for f in folds], data.manifest.label_matrix(),
+                                     ["negative", *taxonomy.labels], groups=data.manifest.caller_id)
+        write_json(run_dir / "fold_prevalence.json", prevalence)
+        if progress:
+            spread = prevalence_spread(prevalence)
+            print(f"[cv] folds' negative share {[round(f['positive_share']['negative'], 3) for f in prevalence]}: "
+                  f"spread (std) binary {spread['binary_spread']:.3f}, fine labels {spread['fine_spread']:.3f}")
     selected = list(cfg.cv.only_folds) or list(range(len(folds)))
     per_fold = []
     for k in selected:
