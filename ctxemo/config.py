@@ -265,6 +265,13 @@ def validate(cfg: DictConfig) -> None:
     unknown = [name for name in cfg.taxonomy.negative_labels if name not in labels]
     if unknown:
         raise ConfigError(f"config key 'taxonomy.negative_labels' names unknown labels {unknown}; labels: {labels}")
+    negatives = set(cfg.taxonomy.negative_labels) or set(labels)
+    if not cfg.taxonomy.multilabel and cfg.head.binary_from != "head" and negatives >= set(labels):
+        # Softmax mass over the negative labels is then 1 for every segment: P(negative) would carry nothing.
+        raise ConfigError(
+            f"config key 'head.binary_from' = {cfg.head.binary_from!r} with a single-label taxonomy whose labels "
+            f"are all negative ({labels}) gives P(negative) = 1 for every segment: add a non-negative class to "
+            "'taxonomy.labels' and list the others in 'taxonomy.negative_labels', or set head.binary_from=head")
     if cfg.cv.folds < 2:
         raise ConfigError(f"config key 'cv.folds' = {cfg.cv.folds}: need at least 2 folds")
     if not 0.0 < cfg.cv.inner_val_fraction < 1.0:
