@@ -145,7 +145,8 @@ def test_tuned_threshold_finds_perfect_split():
 def test_mean_std_ignores_nan_and_uses_ddof_one():
     mean, std = mean_std([1.0, 2.0, float("nan"), 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)
-    assert mean_std([4.0]) == (4.0, 0.0)
+    mean, std = mean_std([4.0])
+    assert mean == 4.0 and math.isnan(std)  # one fold: no spread, not a spread of 0
     assert all(math.isnan(v) for v in mean_std([float("nan")]))
 
 
@@ -256,3 +257,52 @@ def test_nan_validation_score_never_beats_a_defined_one():
     assert not _is_better(float("nan"), 0.1, "ap")
     assert _is_better(0.2, 0.1, "ap") and not _is_better(0.05, 0.1, "ap")
     assert _is_better(0.5, 1.0, "loss")
+
+
+def test_four_callers_cannot_give_a_small_p():
+    """The issue's case: an arm worse for all 4 callers. The bootstrap's p is withheld (it said 0.002); the
+    exact sign-flip test can go no lower than 2 / 2^4 = 0.125."""
+    from ctxemo.evaluation.metrics import f1_counts, f1_from_counts, sign_flip_test
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"c{i}" for i in range(4)], 30)
+    y = (rng.random(120) < 0.5).astype(int)
+    good = np.where(rng.random(120) < 0.9, y, 1 - y)
+    bad = np.where(rng.random(120) < 0.6, y, 1 - y)
+    boot = paired_bootstrap(y, good, bad, groups, metric_fn=lambda a, b: skm.f1_score(a, b, zero_division=0),
+                            n_boot=200)
+    assert math.isnan(boot["p"]) and "4 groups < 10" in boot["p_withheld"]
+    flip = sign_flip_test(f1_counts(y, good, groups), f1_counts(y, bad, groups), f1_from_counts)
+    assert flip["exact"] and flip["n_patterns"] == 16 and flip["min_p"] == 0.125
+    assert flip["p"] == pytest.approx(0.125)
+    assert flip["diff"] == pytest.approx(skm.f1_score(y, bad) - skm.f1_score(y, good))
+
+
+def test_sign_flip_agrees_with_brute_force_and_separates_real_gains():
+    from itertools import product
+
+    from ctxemo.evaluation.metrics import f1_counts, f1_from_counts, sign_flip_test
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"c{i}" for i in range(6)], 10)
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    a = np.where(rng.random((60, 3)) < 0.7, y, 1 - y)
+    b = np.where(rng.random((60, 3)) < 0.75, y, 1 - y)
+
+    def weighted(yy, pp):
+        return skm.f1_score(yy, pp, average="weighted", zero_division=0)
+
+    observed = weighted(y, b) - weighted(y, a)
+    hits = 0
+    for pattern in product([0, 1], repeat=6):
+        swap = np.repeat(np.array(pattern, bool), 10)[:, None]
+        hits += abs(weighted(y, np.where(swap, a, b)) - weighted(y, np.where(swap, b, a))) >= abs(observed) - 1e-12
+    flip = sign_flip_test(f1_counts(y, a, groups), f1_counts(y, b, groups),
+                          lambda t: f1_from_counts(t, average="weighted"))
+    assert flip["diff"] == pytest.approx(observed) and flip["p"] == pytest.approx(hits / 64)
+    # 40 callers, a clearly better arm: the sampled test finds it.
+    groups = np.repeat([f"c{i}" for i in range(40)], 5)
+    y = (rng.random(200) < 0.5).astype(int)
+    weak, strong = np.where(rng.random(200) < 0.6, y, 1 - y), np.where(rng.random(200) < 0.95, y, 1 - y)
+    flip = sign_flip_test(f1_counts(y, weak, groups), f1_counts(y, strong, groups), f1_from_counts, n_random=2000)
+    assert not flip["exact"] and flip["p"] < 0.01

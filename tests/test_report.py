@@ -60,8 +60,10 @@ def write_arm(arm_dir: Path, corpus, *, noise: float, n_folds: int = 3, seed: in
     by the real evaluate / write_predictions, for predictions = gold blurred by `noise`."""
     rng = np.random.default_rng(seed)
     taxonomy = Taxonomy(labels=tuple(LABELS), multilabel=multilabel)
+    # Single-label with every label negative: P(negative) can only come from the binary head.
     cfg = load_config(overrides=[f"taxonomy.labels=[{','.join(LABELS)}]", f"taxonomy.multilabel={multilabel}",
-                                 f"data.manifest={manifest}" if manifest else "data.manifest=null"])
+                                 f"data.manifest={manifest}" if manifest else "data.manifest=null",
+                                 "head.binary_from=" + ("mean" if multilabel else "head")])
     arm_dir.mkdir(parents=True, exist_ok=True)
     (arm_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
     callers = sorted(set(corpus.caller_id))

@@ -30,6 +30,10 @@ from sklearn.metrics import (
 
 NAN = float("nan")
 TOP_CONFUSED_PAIRS = 10
+# Below this many callers the bootstrap's p is withheld: resampling 4 callers gives p = 0.002 for an arm the
+# per-fold t-test puts at 0.27 (issue 15); the exact sign-flip test states the limit instead (min p = 2 / 2^n).
+MIN_BOOTSTRAP_GROUPS = 10
+MAX_EXACT_FLIP_GROUPS = 16  # 2^16 sign patterns; beyond, a seeded random sample of them
 
 
 @contextmanager
@@ -280,13 +284,14 @@ def tune_binary_threshold(y_true: np.ndarray, p_neg: np.ndarray) -> float:
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1, the usual across-folds spread), NaN ignored.
 
-    Returns (NaN, NaN) for no finite values and std 0.0 for a single value.
+    Returns (NaN, NaN) for no finite values and std NaN for a single value (one fold has no spread;
+    tables print "(1 fold)").
     """
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
         return NAN, NAN
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size >= 2 else 0.0)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size >= 2 else NAN)
 
 
 def _is_scalar(value: object) -> bool:
@@ -312,7 +317,8 @@ def summarize_folds(per_fold: List[Dict[str, float]]) -> Dict[str, Dict[str, obj
         per_fold: one flat dict per fold; non-scalar values are skipped, a key missing in a fold
             counts as NaN there.
     Returns:
-        {name: {"mean", "std", "folds": [value per fold]}} in first-seen key order.
+        {name: {"mean", "std", "n", "folds": [value per fold]}} in first-seen key order; n = folds with a
+        defined value.
     """
     names: List[str] = []
     for fold in per_fold:
@@ -321,7 +327,7 @@ def summarize_folds(per_fold: List[Dict[str, float]]) -> Dict[str, Dict[str, obj
     for name in names:
         values = [float(fold[name]) if _is_scalar(fold.get(name)) else NAN for fold in per_fold]
         mean, std = mean_std(values)
-        summary[name] = {"mean": mean, "std": std, "folds": values}
+        summary[name] = {"mean": mean, "std": std, "n": int(np.sum(np.isfinite(values))), "folds": values}
     return summary
 
 
@@ -389,8 +395,9 @@ def paired_bootstrap(
         seed: RNG seed.
     Returns:
         metric_a, metric_b, diff (on all rows), ci_low / ci_high (95% percentile interval), p
-        (two-sided, share of replicates on the other side of 0, with +1 smoothing), n_boot
-        (replicates with a defined metric), n_groups.
+        (two-sided, share of replicates on the other side of 0, with +1 smoothing; NaN with fewer than
+        MIN_BOOTSTRAP_GROUPS groups, p_withheld then says why), n_boot (replicates with a defined
+        metric), n_groups.
     """
     y, a, b = np.asarray(y_true), np.asarray(p_a), np.asarray(p_b)
     g = np.asarray(groups)
@@ -413,14 +420,88 @@ def paired_bootstrap(
         low, high = (float(q) for q in np.percentile(diffs, [2.5, 97.5]))
         tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
         p = float(min(1.0, 2.0 * (tail + 1) / (diffs.size + 1)))
+    few = len(rows_of_group) < MIN_BOOTSTRAP_GROUPS
     return {
         "metric_a": metric_a,
         "metric_b": metric_b,
         "diff": metric_b - metric_a,
         "ci_low": low,
         "ci_high": high,
-        "p": p,
+        "p": NAN if few else p,
+        "p_withheld": (f"{len(rows_of_group)} groups < {MIN_BOOTSTRAP_GROUPS}: a bootstrap over so few callers "
+                       "understates the spread; read the sign-flip test" if few else None),
         "n_boot": int(diffs.size),
         "n_groups": len(rows_of_group),
     }
+
+
+def f1_counts(y_true: np.ndarray, pred: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Per-group (true positive, false positive, false negative) counts, the additive parts of F1.
+
+    Args:
+        y_true, pred: [n] or [n, c] 0/1.
+        groups: [n] caller id per row.
+    Returns:
+        [g, c, 3] float counts (c = 1 for [n] inputs), groups in sorted order.
+    """
+    y = np.asarray(y_true).reshape(len(groups), -1) > 0
+    d = np.asarray(pred).reshape(len(groups), -1) > 0
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.zeros((group_of_row.max() + 1, y.shape[1], 3))
+    np.add.at(counts, group_of_row, np.stack([y & d, ~y & d, y & ~d], axis=-1).astype(float))
+    return counts
+
+
+def f1_from_counts(totals: np.ndarray, *, average: str = "binary") -> np.ndarray:
+    """F1 from summed counts [..., c, 3] (zero_division 0): `binary` = the first column's F1 ([...]),
+    `weighted` = support-weighted over the columns, as decision_f1."""
+    tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    if average == "binary":
+        return f1[..., 0]
+    support = tp + fn
+    total = support.sum(axis=-1)
+    return np.divide((f1 * support).sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
+
+
+def sign_flip_test(counts_a: np.ndarray, counts_b: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
+                   n_random: int = 20000, seed: int = 0) -> Dict[str, object]:
+    """Paired permutation (sign-flip) test of statistic(b) - statistic(a) over groups (callers).
+
+    Under "the two arms are exchangeable within each caller", swapping a caller's predictions between the
+    arms leaves the distribution unchanged. Every one of the 2^g swap patterns is enumerated when g <=
+    MAX_EXACT_FLIP_GROUPS (exact: p can be no smaller than 2 / 2^g, which says what so few callers can
+    show), else a seeded random sample of n_random patterns.
+
+    Args:
+        counts_a, counts_b: [g, ...] additive per-group counts of each arm (e.g. f1_counts).
+        statistic: summed counts [m, ...] -> [m] metric values (e.g. f1_from_counts).
+    Returns:
+        diff (on all rows), p (two-sided: share of patterns with |diff| at least the observed), exact,
+        n_patterns, n_groups, min_p (the smallest p this many groups allow; exact only).
+    """
+    a, b = np.asarray(counts_a, dtype=float), np.asarray(counts_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"per-group counts differ in shape: {a.shape} and {b.shape}")
+    g = a.shape[0]
+    total_a, total_b = a.sum(axis=0), b.sum(axis=0)
+    observed = float(statistic(total_b[None])[0] - statistic(total_a[None])[0])
+    delta = (a - b).reshape(g, -1)  # what swapping a group moves from b's total to a's
+    exact = g <= MAX_EXACT_FLIP_GROUPS
+    n_patterns = 2 ** g if exact else n_random
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_patterns, 4096):
+        stop = min(n_patterns, start + 4096)
+        if exact:
+            swap = ((np.arange(start, stop)[:, None] >> np.arange(g)[None]) & 1).astype(float)  # [m, g]
+        else:
+            swap = (rng.random((stop - start, g)) < 0.5).astype(float)
+        moved = (swap @ delta).reshape(-1, *a.shape[1:])
+        diffs = statistic(total_b[None] + moved) - statistic(total_a[None] - moved)
+        extreme += int(np.sum(np.abs(diffs) >= abs(observed) - 1e-12))
+    p = extreme / n_patterns if exact else (extreme + 1) / (n_patterns + 1)
+    return {"diff": observed, "p": float(p), "exact": exact, "n_patterns": int(n_patterns), "n_groups": int(g),
+            "min_p": float(2.0 / 2 ** g) if exact and g else NAN}
 

@@ -89,9 +89,9 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     write_text(md_path, (previous + "\n\n" if previous else "") + bootstrap_markdown(boot))
     write_csv(run_dir / "bootstrap.csv",
               ["arm", "metric", "reference", "value_reference", "value_arm", "diff", "ci_low", "ci_high", "p",
-               "n_boot", "n_groups", "n_rows", "grouped_by"],
+               "p_sign_flip", "n_boot", "n_groups", "n_rows", "grouped_by"],
               [[arm, name, boot["reference"], t["metric_a"], t["metric_b"], t["diff"], t["ci_low"], t["ci_high"],
-                t["p"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
+                t["p"], t["p_sign_flip"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
                for arm, tests in boot["arms"].items() for name, t in tests.items()])
     if boot["arms"]:
         log(bootstrap_text(boot))

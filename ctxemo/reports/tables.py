@@ -11,10 +11,14 @@ import numpy as np
 from ctxemo.io import atomic_path, write_text
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(entry: Dict[str, object]) -> str:
+    """A summary entry {mean, std, n} in %: "mean ± std", or "mean (1 fold)" where there is no spread."""
+    mean, std = entry["mean"], entry["std"]
     if mean is None or not np.isfinite(mean):
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if np.isfinite(std) else f"{100 * mean:.2f}"
+    if entry.get("n") == 1:
+        return f"{100 * mean:.2f} (1 fold)"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None and np.isfinite(std) else f"{100 * mean:.2f}"
 
 
 def format_p(value: Optional[float]) -> str:
@@ -56,7 +60,7 @@ def write_summary_tables(run_dir: Path, summary: Dict[str, Dict], *, metrics: Se
     """summary.csv (every metric) and summary.md (headline metrics, in %) for one configuration."""
     write_csv(run_dir / "summary.csv", ["metric", "mean", "std", "folds"],
               [[name, s["mean"], s["std"], ";".join(f"{v:.6f}" for v in s["folds"])] for name, s in summary.items()])
-    rows = [[name, _fmt(summary[name]["mean"], summary[name]["std"])] for name in metrics if name in summary]
+    rows = [[name, _fmt(summary[name])] for name in metrics if name in summary]
     write_text(run_dir / "summary.md", "Mean ± std over folds, in %.\n\n" + markdown_table(["metric", "value"], rows))
 
 
@@ -67,7 +71,7 @@ def comparison_rows(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference
     for arm, summary in arms.items():
         row = [arm]
         for name in metrics:
-            cell = _fmt(summary[name]["mean"], summary[name]["std"]) if name in summary else "n/a"
+            cell = _fmt(summary[name]) if name in summary else "n/a"
             if arm != reference and name in paired.get(arm, {}):
                 test = paired[arm][name]
                 cell += f" (Δ {100 * test['mean_diff']:+.2f}, p={format_p(test['p_ttest'])})"
