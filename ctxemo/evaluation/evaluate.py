@@ -33,11 +33,38 @@ def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: flo
     }
 
 
+# Trivial predictors scored on every test fold beside the model, the floor a result is read against.
+TRIVIAL = ("all_negative", "training_prior")
+TRIVIAL_METRICS = ("binary_f1", "binary_seed_weighted_f1", "binary_recall", "binary_auroc", "fine_weighted_f1")
+
+
 def headline(metrics: Dict) -> Dict[str, float]:
-    """Flat per-fold scalars, prefixed binary_* and fine_*."""
+    """Flat per-fold scalars, prefixed binary_* and fine_*; the trivial predictors' as
+    `<predictor>.<metric>` (e.g. all_negative.binary_f1) where the fold recorded them."""
     flat = {f"binary_{k}": v for k, v in flatten_metrics(metrics["binary"]).items()}
     flat.update({f"fine_{k}": v for k, v in flatten_metrics(metrics["fine"]).items()})
+    for name, row in (metrics.get("trivial") or {}).items():
+        flat.update({f"{name}.{k}": v for k, v in row.items() if k in TRIVIAL_METRICS and v is not None})
     return flat
+
+
+def trivial_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, train_negative_share: float,
+                    train_fine_share: np.ndarray) -> Dict[str, Dict[str, float]]:
+    """TRIVIAL_METRICS of two predictors that ignore the audio, on the same test segments as the model:
+    all_negative (every segment negative) and training_prior (every segment gets the training callers'
+    shares as probabilities: negative iff most training segments are). Both take the fine labels at the
+    training shares (multi-label: a label iff most training segments carry it; single-label: the most
+    common). A model's gain is only a gain above these rows (an arm that calls nearly everything negative
+    can "win" binary F1 at chance-level AUROC)."""
+    n = len(scores.rows)
+    prior_fine = np.tile(np.asarray(train_fine_share, dtype=float), (n, 1))
+    rows = {}
+    for name, p_negative in (("all_negative", np.ones(n)), ("training_prior", np.full(n, float(train_negative_share)))):
+        constant = SegmentScores(scores.rows, p_negative, prior_fine, scores.negative, scores.fine)
+        flat = headline(evaluate(constant, taxonomy=taxonomy, binary_threshold=0.5,
+                                 fine_thresholds=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None))
+        rows[name] = {k: flat[k] for k in TRIVIAL_METRICS}
+    return rows
 
 
 @dataclass

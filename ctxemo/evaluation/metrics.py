@@ -52,6 +52,11 @@ def _ranking_scores(y: np.ndarray, score: np.ndarray) -> Tuple[float, float]:
     return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
 
 
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """scikit-learn's ROC AUC; NaN when y holds one class."""
+    return _ranking_scores(np.asarray(y), np.asarray(score, dtype=float))[0]
+
+
 def average_precision(y: np.ndarray, p: np.ndarray) -> float:
     """scikit-learn's average precision; NaN when there is no positive (early stopping skips it).
 
@@ -371,6 +376,34 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
     return out
 
 
+def _rows_of_groups(groups: np.ndarray) -> List[np.ndarray]:
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    return [np.flatnonzero(group_of_row == k) for k in range(group_of_row.max() + 1)]
+
+
+def _group_resamples(rows_of_group: List[np.ndarray], n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of n_boot resamples of whole groups (callers) with replacement."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
+        yield np.concatenate([rows_of_group[k] for k in picked])
+
+
+def bootstrap_interval(y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], *,
+                       metric_fn: Callable[[np.ndarray, np.ndarray], float], n_boot: int = 1000,
+                       seed: int = 0) -> Tuple[float, float]:
+    """95% percentile interval of metric_fn over caller-level resamples (NaN, NaN when none is defined)."""
+    y, p = np.asarray(y_true), np.asarray(scores)
+    with _quiet():
+        values = np.array([metric_fn(y[idx], p[idx]) for idx in _group_resamples(_rows_of_groups(groups), n_boot, seed)],
+                          dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return NAN, NAN
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def paired_bootstrap(
     y_true: np.ndarray,
     p_a: np.ndarray,
@@ -403,15 +436,11 @@ def paired_bootstrap(
     g = np.asarray(groups)
     if not (len(y) == len(a) == len(b) == len(g)):
         raise ValueError(f"row counts differ: y_true {len(y)}, p_a {len(a)}, p_b {len(b)}, groups {len(g)}")
-    _, group_of_row = np.unique(g, return_inverse=True)
-    rows_of_group = [np.flatnonzero(group_of_row == k) for k in range(group_of_row.max() + 1)]
-    rng = np.random.default_rng(seed)
+    rows_of_group = _rows_of_groups(g)
     diffs = np.empty(n_boot)
     with _quiet():
         metric_a, metric_b = float(metric_fn(y, a)), float(metric_fn(y, b))
-        for i in range(n_boot):
-            picked = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
-            idx = np.concatenate([rows_of_group[k] for k in picked])
+        for i, idx in enumerate(_group_resamples(rows_of_group, n_boot, seed)):
             diffs[i] = metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx])
     diffs = diffs[~np.isnan(diffs)]
     if diffs.size == 0:

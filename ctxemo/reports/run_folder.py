@@ -15,11 +15,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import roc_auc_score
 
 from ctxemo.errors import CtxemoError
 from ctxemo.evaluation.evaluate import headline
 from ctxemo.evaluation.metrics import (
+    auroc,
+    bootstrap_interval,
     decision_f1,
     f1_counts,
     f1_from_counts,
@@ -182,16 +183,25 @@ def load_predictions(arm_dir: Path, *, folds: Optional[Sequence[int]] = None) ->
 POOLED_METRICS = ("binary_f1", "binary_auroc", "fine_weighted_f1")
 
 
-def pooled_metrics(pooled: Pooled) -> Dict[str, float]:
+def pooled_metrics(pooled: Pooled, groups: Optional[np.ndarray] = None, *, n_boot: int = N_BOOT,
+                   seed: int = 0) -> Dict[str, object]:
     """Headline metrics of the out-of-fold predictions pooled over folds (each fold decided with its own
     tuned thresholds). With few callers per fold (leave-one-caller-out) per-fold F1 is noisy and can be
-    undefined; the pooled figure is what the classic references report."""
+    undefined; the pooled figure is what the classic references report. With `groups` (caller per row)
+    also binary_auroc_ci, the 95% caller-bootstrap interval of the AUROC, and chance_level: whether that
+    interval includes 0.5 (such an arm's F1 gains are no evidence of a working model)."""
     keep = pooled.fine_rows()
-    auroc = (float(roc_auc_score(pooled.negative, pooled.p_negative)) if len(np.unique(pooled.negative)) > 1
-             else float("nan"))
-    return {"binary_f1": decision_f1(pooled.negative, pooled.pred_negative), "binary_auroc": auroc,
-            "fine_weighted_f1": decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted"),
-            "n": int(len(pooled.negative))}
+    out: Dict[str, object] = {
+        "binary_f1": decision_f1(pooled.negative, pooled.pred_negative),
+        "binary_auroc": auroc(pooled.negative, pooled.p_negative),
+        "fine_weighted_f1": decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted"),
+        "n": int(len(pooled.negative))}
+    if groups is not None:
+        low, high = bootstrap_interval(pooled.negative, pooled.p_negative, groups, metric_fn=auroc, n_boot=n_boot,
+                                       seed=seed)
+        out["binary_auroc_ci"] = [low, high]
+        out["chance_level"] = bool(np.isfinite(low) and low <= 0.5 <= high)
+    return out
 
 
 def caller_groups(pooled: Pooled, arm_dir: Path) -> Tuple[np.ndarray, str]:

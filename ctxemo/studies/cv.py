@@ -22,7 +22,13 @@ from ctxemo.data.splits import (
     save_folds,
 )
 from ctxemo.embedding.corpus import CorpusData, load_corpus
-from ctxemo.evaluation.evaluate import HEADLINE, decision_thresholds, evaluate, headline
+from ctxemo.evaluation.evaluate import (
+    HEADLINE,
+    decision_thresholds,
+    evaluate,
+    headline,
+    trivial_metrics,
+)
 from ctxemo.evaluation.metrics import (
     summarize_folds,
 )
@@ -63,6 +69,10 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     test_scores = model.score(test_calls)
     metrics = evaluate(test_scores, taxonomy=taxonomy, binary_threshold=binary_threshold,
                        fine_thresholds=fine_thresholds)
+    train_callers = train_rows[manifest.is_caller[train_rows]]
+    metrics["trivial"] = trivial_metrics(test_scores, taxonomy=taxonomy,
+                                         train_negative_share=float(manifest.negative[train_callers].mean()),
+                                         train_fine_share=manifest.fine[train_callers].mean(axis=0))
     metrics.update(fold=fold, **model.info, n_test_calls=len(test_calls),
                    thresholds={"binary": binary_threshold,
                                "fine": None if fine_thresholds is None else list(map(float, fine_thresholds))})
