@@ -1,4 +1,4 @@
-"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, report.
+"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, evaluate, report.
 
 Config-driven commands take a YAML file plus `key=value` overrides and write a run folder; rerunning
 the same command on the same folder resumes (finished folds / arms / embedding shards are kept).
@@ -127,6 +127,12 @@ def cmd_train(args) -> None:
     train_bundle(cfg, run_dir, progress=not args.quiet)
 
 
+def cmd_evaluate(args) -> None:
+    from ctxemo.studies.evaluate_bundle import evaluate_bundle
+
+    evaluate_bundle(args.bundle, args.manifest, args.out, features=args.features)
+
+
 def cmd_predict(args) -> None:
 
     predict_command(args)
@@ -178,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate tables and plots of a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="score a labelled held-out manifest with a bundle: metrics.json + "
+                       "predictions.csv, as a CV fold writes them")
+    p.add_argument("bundle")
+    p.add_argument("manifest")
+    p.add_argument("--features", help="float32 .npy [N, D] aligned to the manifest (skips the encoder)")
+    p.add_argument("--out", default="evaluation")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle")
     p.add_argument("bundle")

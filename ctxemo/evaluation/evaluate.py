@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -73,11 +73,42 @@ class Thresholds:
     fine: Optional[np.ndarray] = None  # [c]; None for a single-label taxonomy (the argmax label is chosen)
 
 
+# A fine label is named only at this probability or above, whatever its tuned threshold: thresholds tuned on
+# a small inner split can sink to 0.002 and put labels nobody would call likely into a segment's top labels.
+MIN_LABEL_PROB = 0.1
+
+
 def decision_thresholds(scores: SegmentScores, taxonomy: Taxonomy, *, tune: bool) -> Thresholds:
     """The decision thresholds a model is used with, from its inner-validation scores: the F1-maximising
-    ones when `tune` (cv.tune_thresholds), else 0.5. Single-label taxonomies take the argmax label, so
-    they have no fine thresholds. Every study (cv folds, `ctxemo train`) picks its thresholds here."""
+    ones when `tune` (cv.tune_thresholds; fine ones at least MIN_LABEL_PROB), else 0.5. Single-label
+    taxonomies take the argmax label, so they have no fine thresholds. Every study (cv folds, `ctxemo
+    train`) picks its thresholds here."""
     if not tune:
         return Thresholds(binary=0.5, fine=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None)
     binary = tune_binary_threshold(scores.negative, scores.p_negative)
-    return Thresholds(binary=binary, fine=tune_thresholds(scores.fine, scores.p_fine) if taxonomy.multilabel else None)
+    fine = np.maximum(tune_thresholds(scores.fine, scores.p_fine), MIN_LABEL_PROB) if taxonomy.multilabel else None
+    return Thresholds(binary=binary, fine=fine)
+
+
+def segment_labels(p_fine: np.ndarray, *, negative: bool, taxonomy: Taxonomy,
+                   fine_thresholds: Optional[np.ndarray]) -> List[str]:
+    """The fine labels a segment is reported with, agreeing with its binary decision (the one rule):
+
+    - multi-label: the labels of the decision's side (negative labels for a negative segment, the others
+      for the rest) with p >= max(threshold, MIN_LABEL_PROB), most probable first; a negative segment
+      with none of them names its most likely negative label.
+    - single-label: the argmax label, replaced by the most likely label of the side the binary decision
+      took when it is on the other side (none if that side has no label).
+    """
+    p = np.asarray(p_fine, dtype=float)
+    labels, is_negative_label = taxonomy.labels, taxonomy.negative_mask
+    side = is_negative_label if negative else ~is_negative_label
+    if fine_thresholds is None:
+        ranked = [int(np.argmax(p))]
+    else:
+        cut = np.maximum(np.asarray(fine_thresholds, dtype=float), MIN_LABEL_PROB)
+        ranked = [int(j) for j in np.argsort(-p, kind="stable") if p[j] >= cut[j]]
+    chosen = [j for j in ranked if side[j]]
+    if not chosen and side.any() and (negative or fine_thresholds is None):
+        chosen = [int(np.flatnonzero(side)[np.argmax(p[side])])]  # the side's most likely label
+    return [labels[j] for j in chosen]

@@ -17,7 +17,8 @@ import numpy as np
 from ctxemo.errors import CtxemoError
 from ctxemo.io import json_text
 
-SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
+SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative",
+                        "pred_negative"]  # pred_: a decision, not the gold `negative` of manifests and CV files
 CALL_COLUMNS = ["call_id", "source", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
                 "caller_speech_sec", "negative_speech_sec", "negative_share", "mean_p_negative", "max_p_negative",
                 "longest_negative_run_segments", "longest_negative_run_sec", "longest_negative_run_start",
@@ -46,11 +47,11 @@ def segment_record(bundle, *, call_id: str, segment_index: int, start: Optional[
         "call_id": call_id, "segment_index": int(segment_index), "start": _number(start, 3), "end": _number(end, 3),
         "duration": _number(duration, 3), "role": role,
         "p_negative": _number(p_negative) if scored else None,
-        "negative": int(bundle.is_negative(float(p_negative))) if scored else None,
+        "pred_negative": int(bundle.is_negative(float(p_negative))) if scored else None,
     }
     for name, p in zip(bundle.taxonomy.labels, p_fine):
         record[f"p_{name}"] = _number(p) if scored else None
-    record["top_labels"] = bundle.top_labels(np.asarray(p_fine)) if scored else []
+    record["top_labels"] = bundle.top_labels(np.asarray(p_fine), negative=bool(record["pred_negative"])) if scored else []
     return record
 
 
@@ -65,12 +66,12 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
     """
     scored = [r for r in records if r["p_negative"] is not None]
     speech = sum(r["duration"] or 0.0 for r in scored)
-    negative_speech = sum(r["duration"] or 0.0 for r in scored if r["negative"])
+    negative_speech = sum(r["duration"] or 0.0 for r in scored if r["pred_negative"])
     seconds = lambda run: sum(r["duration"] or 0.0 for r in run)  # noqa: E731
     best: List[Dict[str, Any]] = []
     current: List[Dict[str, Any]] = []
     for r in scored:
-        current = current + [r] if r["negative"] else []
+        current = current + [r] if r["pred_negative"] else []
         if (len(current), seconds(current)) > (len(best), seconds(best)):
             best = current
     peaks = sorted(scored, key=lambda r: -r["p_negative"])[:n_peaks]
@@ -115,7 +116,7 @@ def plot_trajectory(path: Path, records: Sequence[Dict[str, Any]], *, threshold:
     try:
         for i, r in enumerate(scored):
             a, b = (r["start"], r["end"]) if timed else (r["segment_index"] - 0.4, r["segment_index"] + 0.4)
-            ax.plot([a, b], [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3)
+            ax.plot([a, b], [r["p_negative"]] * 2, color="tab:red" if r["pred_negative"] else "tab:blue", lw=3)
         if scored:
             mids = [((r["start"] + r["end"]) / 2 if timed else r["segment_index"]) for r in scored]
             ax.plot(mids, [r["p_negative"] for r in scored], color="grey", lw=0.8, alpha=0.7)
