@@ -306,3 +306,14 @@ def test_sign_flip_agrees_with_brute_force_and_separates_real_gains():
     weak, strong = np.where(rng.random(200) < 0.6, y, 1 - y), np.where(rng.random(200) < 0.95, y, 1 - y)
     flip = sign_flip_test(f1_counts(y, weak, groups), f1_counts(y, strong, groups), f1_from_counts, n_random=2000)
     assert not flip["exact"] and flip["p"] < 0.01
+
+
+def test_seed_label_weighted_f1_is_the_mean_of_per_label_weighted_f1():
+    rng = np.random.default_rng(4)
+    y = (rng.random((60, 4)) < [0.3, 0.2, 0.1, 0.0]).astype(int)  # the last label absent: skipped
+    p = np.clip(0.4 * y + 0.6 * rng.random((60, 4)), 0, 1)
+    out = fine_metrics(y, p, labels=LABELS, multilabel=True)
+    pred = p >= 0.5
+    expected = np.mean([skm.f1_score(y[:, k], pred[:, k], average="weighted") for k in range(3)])
+    assert out["seed_label_weighted_f1"] == pytest.approx(expected)
+    assert out["seed_label_weighted_f1"] > out["macro_f1"]  # true negatives of rare labels count

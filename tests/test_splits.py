@@ -185,3 +185,25 @@ def test_prevalence_spread_reads_a_fold_table():
     spread = prevalence_spread(table)
     assert spread["binary_spread"] == pytest.approx(0.25)  # shares 0.5 and 1.0
     assert spread["fine_spread"] == pytest.approx(0.0)  # "a": 0.5 and 0.5; "absent" has no positive
+
+
+def test_segment_protocol_splits_callers_across_folds(tmp_path):
+    """cv.protocol=segment: every segment its own group, so callers land on both sides (the seed study's
+    split); the caller protocol never does."""
+    from bundle_helpers import small_corpus
+
+    from ctxemo.config import load_config
+    from ctxemo.data.manifest import load_manifest
+    from ctxemo.data.splits import fold_callers, make_folds, regroup_for_protocol
+    from ctxemo.taxonomy import Taxonomy
+
+    manifest = load_manifest(small_corpus(tmp_path / "c", n_calls=6, seed=0),
+                             Taxonomy.from_config(load_config().taxonomy), require_audio=False)
+    assert regroup_for_protocol(manifest, "caller") is manifest
+    by_segment = regroup_for_protocol(manifest, "segment")
+    folds = make_folds(by_segment, n_folds=3, seed=0)
+    speaker_sets = [{manifest.caller_id[r] for r in fold} for fold in folds]
+    assert set.intersection(*speaker_sets)  # some caller in every fold
+    assert sorted(np.concatenate(folds).tolist()) == np.flatnonzero(manifest.is_caller).tolist()
+    caller_folds_ = fold_callers(manifest, make_folds(manifest, n_folds=3, seed=0))
+    assert not set(caller_folds_[0]) & set(caller_folds_[1])

@@ -5,6 +5,7 @@ binary label and every fine label together (see _assign_callers).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -282,6 +283,18 @@ def load_folds(path: Union[str, Path], groups: Sequence[str]) -> List[np.ndarray
         )
     fold_of_row = np.array([fold_of[c] for c in caller_ids], dtype=int)
     return [np.flatnonzero(fold_of_row == i) for i in range(len(fold_callers))]
+
+
+def regroup_for_protocol(manifest: Manifest, protocol: str) -> Manifest:
+    """The manifest whose `caller_id` groups the splits: unchanged for protocol "caller"; for "segment"
+    (cv.protocol, the seed study's split) every row its own group "<call_id>#<segment_index>", so every
+    split here (folds, inner splits, bootstrap groups) runs over segments and ignores callers."""
+    if protocol == "caller":
+        return manifest
+    if protocol != "segment":
+        raise ValueError(f"unknown cv.protocol {protocol!r}")
+    ids = [f"{c}#{int(i)}" for c, i in zip(manifest.call_id, manifest.segment_index)]
+    return dataclasses.replace(manifest, caller_id=ids)
 
 
 def make_folds(manifest: Manifest, *, n_folds: int, seed: int) -> List[np.ndarray]:

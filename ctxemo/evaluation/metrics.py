@@ -161,7 +161,10 @@ def fine_metrics(
         weighted_f1, macro_f1 (over the labels present, see the module note), micro_f1,
         labelled_samples_f1 (multi-label only: the per-row F1 averaged over rows with at least one gold
         label; a row with no gold label has no F1 of its own; NaN for multi-class, where it would equal
-        accuracy), accuracy (exact match for multi-label), macro_ap and macro_auroc, n_labels_present,
+        accuracy), seed_label_weighted_f1 (the seed study's multi-label score: the mean over labels of
+        each label's binary F1 support-weighted over its two classes, which credits the many true
+        negatives of a rare label), accuracy (exact match for multi-label), macro_ap and macro_auroc,
+        n_labels_present,
         per_label {name: {precision, recall, f1, support, ap, auroc}}, confused_pairs [{true, pred,
         count}] (at most 10, largest first). For multi-label a pair counts rows where `true` is a
         missed label and `pred` a spurious one; for multi-class it is the off-diagonal confusion count.
@@ -203,6 +206,9 @@ def fine_metrics(
             y_ind, pred_ind, average=None, zero_division=0
         )
     avg["macro"] = float(f1[present].mean()) if present.any() else NAN
+    with _quiet():  # the seed study's multi-label score: per label, F1 support-weighted over its 0/1 classes
+        seed_per_label = [f1_score(y_ind[:, k], pred_ind[:, k], labels=[0, 1], average="weighted", zero_division=0)
+                          for k in np.flatnonzero(present)]
 
     per_label: Dict[str, Dict[str, float]] = {}
     for k, name in enumerate(labels):
@@ -228,6 +234,7 @@ def fine_metrics(
         "macro_f1": float(avg["macro"]),
         "micro_f1": float(avg["micro"]),
         "labelled_samples_f1": float(avg["samples"]),
+        "seed_label_weighted_f1": float(np.mean(seed_per_label)) if seed_per_label else NAN,
         "accuracy": float(accuracy) if p.shape[0] else NAN,
         "macro_ap": _nanmean([m["ap"] for m, keep in zip(per_label.values(), present) if keep]),
         "macro_auroc": _nanmean([m["auroc"] for m, keep in zip(per_label.values(), present) if keep]),

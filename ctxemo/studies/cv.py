@@ -19,6 +19,7 @@ from ctxemo.data.splits import (
     load_folds,
     make_folds,
     prevalence_spread,
+    regroup_for_protocol,
     save_folds,
 )
 from ctxemo.embedding.corpus import CorpusData, load_corpus
@@ -109,6 +110,7 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     run_dir = Path(run_dir)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
     data = data if data is not None else load_corpus(cfg, progress=progress)
+    data = CorpusData(manifest=regroup_for_protocol(data.manifest, cfg.cv.protocol), feats=data.feats)
     folds = get_folds(data.manifest, folds_path or run_dir / "folds.json", n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller
