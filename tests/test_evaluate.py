@@ -88,3 +88,27 @@ def test_evaluate_names_the_manifest_it_cannot_read(tmp_path):
     (tmp_path / "bad.csv").write_text("call_id,segment_index\nc1,zero\n", encoding="utf-8")
     assert main(["evaluate", str(bundle), str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_corpus_without_fine_labels_is_refused_or_runs_binary_only(features_config, load_test_config, tmp_path):
+    import json
+
+    import pytest
+
+    from ctxemo.errors import ConfigError
+    from ctxemo.studies.cv import run_cv
+
+    manifest = features_config.parent / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("\n".join(json.dumps({**{k: v for k, v in r.items() if k != "labels"},
+                                              "negative": int(bool(r["labels"]))}) for r in rows))
+    with pytest.raises(ConfigError, match=r"manifest.jsonl: no caller segment carries a fine label.*loss.fine_weight=0"):
+        run_cv(load_test_config(features_config), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused" / "fold0").exists()  # refused before anything trained
+    cfg = load_test_config(features_config, "loss.fine_weight=0", "head.binary_from=head", "cv.only_folds=[0]",
+                           "train.epochs=1")
+    summary = run_cv(cfg, tmp_path / "binary", progress=False)
+    assert "binary_f1" in summary and not any(k.startswith("fine_") for k in summary)
+    metrics = json.loads((tmp_path / "binary" / "fold0" / "metrics.json").read_text())
+    assert metrics["fine"] is None and "fine_weighted_f1" not in metrics["trivial"]["all_negative"]
+    assert "fine" not in (tmp_path / "binary" / "summary.md").read_text()

@@ -21,16 +21,18 @@ HEADLINE = ["binary_f1", "binary_seed_weighted_f1", "binary_auroc", "fine_weight
             "fine_micro_f1"]
 
 
-def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: float, fine_thresholds) -> Dict:
+def evaluate(scores: SegmentScores, *, taxonomy: Taxonomy, binary_threshold: float, fine_thresholds,
+             fine_labelled: bool = True) -> Dict:
     """Binary metrics on every scored segment; fine metrics on every segment (multi-label) or on the
-    labelled ones (single-label: an unlabelled segment has no class to compare with)."""
-    fine_scores = scores if taxonomy.multilabel else scores.subset(scores.fine.sum(1) > 0)
-    return {
-        "binary": binary_metrics(scores.negative, scores.p_negative, threshold=binary_threshold),
-        "fine": fine_metrics(fine_scores.fine if taxonomy.multilabel else fine_scores.fine.argmax(1),
-                             fine_scores.p_fine, labels=list(taxonomy.labels), multilabel=taxonomy.multilabel,
-                             thresholds=fine_thresholds),
-    }
+    labelled ones (single-label: an unlabelled segment has no class to compare with). A corpus without
+    fine labels (`fine_labelled` False, see embedding.corpus.has_fine_labels) has fine: None (absent)."""
+    out = {"binary": binary_metrics(scores.negative, scores.p_negative, threshold=binary_threshold), "fine": None}
+    if fine_labelled:
+        fine_scores = scores if taxonomy.multilabel else scores.subset(scores.fine.sum(1) > 0)
+        out["fine"] = fine_metrics(fine_scores.fine if taxonomy.multilabel else fine_scores.fine.argmax(1),
+                                   fine_scores.p_fine, labels=list(taxonomy.labels), multilabel=taxonomy.multilabel,
+                                   thresholds=fine_thresholds)
+    return out
 
 
 # Trivial predictors scored on every test fold beside the model, the floor a result is read against.
@@ -42,14 +44,14 @@ def headline(metrics: Dict) -> Dict[str, float]:
     """Flat per-fold scalars, prefixed binary_* and fine_*; the trivial predictors' as
     `<predictor>.<metric>` (e.g. all_negative.binary_f1) where the fold recorded them."""
     flat = {f"binary_{k}": v for k, v in flatten_metrics(metrics["binary"]).items()}
-    flat.update({f"fine_{k}": v for k, v in flatten_metrics(metrics["fine"]).items()})
+    flat.update({f"fine_{k}": v for k, v in flatten_metrics(metrics.get("fine") or {}).items()})
     for name, row in (metrics.get("trivial") or {}).items():
         flat.update({f"{name}.{k}": v for k, v in row.items() if k in TRIVIAL_METRICS and v is not None})
     return flat
 
 
 def trivial_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, train_negative_share: float,
-                    train_fine_share: np.ndarray) -> Dict[str, Dict[str, float]]:
+                    train_fine_share: np.ndarray, fine_labelled: bool = True) -> Dict[str, Dict[str, float]]:
     """TRIVIAL_METRICS of two predictors that ignore the audio, on the same test segments as the model:
     all_negative (every segment negative) and training_prior (every segment gets the training callers'
     shares as probabilities: negative iff most training segments are). Both take the fine labels at the
@@ -62,8 +64,9 @@ def trivial_metrics(scores: SegmentScores, *, taxonomy: Taxonomy, train_negative
     for name, p_negative in (("all_negative", np.ones(n)), ("training_prior", np.full(n, float(train_negative_share)))):
         constant = SegmentScores(scores.rows, p_negative, prior_fine, scores.negative, scores.fine)
         flat = headline(evaluate(constant, taxonomy=taxonomy, binary_threshold=0.5,
-                                 fine_thresholds=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None))
-        rows[name] = {k: flat[k] for k in TRIVIAL_METRICS}
+                                 fine_thresholds=np.full(taxonomy.num_labels, 0.5) if taxonomy.multilabel else None,
+                                 fine_labelled=fine_labelled))
+        rows[name] = {k: flat[k] for k in TRIVIAL_METRICS if k in flat}
     return rows
 
 

@@ -128,6 +128,8 @@ def write_plots(run_dir: Path, arms: Dict[str, Path], summaries: Dict[str, Dict]
                 folds: Optional[Sequence[int]] = None) -> List[Path]:
     """Per-label F1 bars, confused-pair heatmaps (+ confused_pairs.md) and per-call scatters vs the reference."""
     plot_dir = Path(run_dir) / "plots"
+    if not any(key.startswith("fine_") for summary in summaries.values() for key in summary):
+        return []  # a binary-only corpus (no fine labels): no per-label or confusion plots to draw
     pooled = {arm: p for arm, folder in arms.items() if (p := load_predictions(folder, folds=folds)) is not None}
     labels = next(iter(pooled.values())).labels if pooled else plots.labels_from_summary(summaries)
     scores, support = plots.per_label_inputs(summaries, labels)

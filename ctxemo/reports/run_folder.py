@@ -194,7 +194,8 @@ def pooled_metrics(pooled: Pooled, groups: Optional[np.ndarray] = None, *, n_boo
     out: Dict[str, object] = {
         "binary_f1": decision_f1(pooled.negative, pooled.pred_negative),
         "binary_auroc": auroc(pooled.negative, pooled.p_negative),
-        "fine_weighted_f1": decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted"),
+        "fine_weighted_f1": (decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted")
+                             if pooled.gold_fine[keep].any() else float("nan")),  # no fine labels: absent, not 0
         "n": int(len(pooled.negative))}
     if groups is not None:
         low, high = bootstrap_interval(pooled.negative, pooled.p_negative, groups, metric_fn=auroc, n_boot=n_boot,

@@ -22,7 +22,7 @@ from ctxemo.data.splits import (
     regroup_for_protocol,
     save_folds,
 )
-from ctxemo.embedding.corpus import CorpusData, load_corpus
+from ctxemo.embedding.corpus import CorpusData, has_fine_labels, load_corpus
 from ctxemo.evaluation.evaluate import (
     HEADLINE,
     decision_thresholds,
@@ -68,12 +68,14 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     binary_threshold, fine_thresholds = thresholds.binary, thresholds.fine
     test_calls = build_call_items(manifest, data.feats, rows=test_rows, use_operator_turns=cfg.data.use_operator_turns)
     test_scores = model.score(test_calls)
+    fine_labelled = has_fine_labels(cfg, manifest)
     metrics = evaluate(test_scores, taxonomy=taxonomy, binary_threshold=binary_threshold,
-                       fine_thresholds=fine_thresholds)
+                       fine_thresholds=fine_thresholds, fine_labelled=fine_labelled)
     train_callers = train_rows[manifest.is_caller[train_rows]]
     metrics["trivial"] = trivial_metrics(test_scores, taxonomy=taxonomy,
                                          train_negative_share=float(manifest.negative[train_callers].mean()),
-                                         train_fine_share=manifest.fine[train_callers].mean(axis=0))
+                                         train_fine_share=manifest.fine[train_callers].mean(axis=0),
+                                         fine_labelled=fine_labelled)
     metrics.update(fold=fold, **model.info, n_test_calls=len(test_calls),
                    thresholds={"binary": binary_threshold,
                                "fine": None if fine_thresholds is None else list(map(float, fine_thresholds))})
@@ -111,6 +113,7 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
     data = data if data is not None else load_corpus(cfg, progress=progress)
     data = CorpusData(manifest=regroup_for_protocol(data.manifest, cfg.cv.protocol), feats=data.feats)
+    has_fine_labels(cfg, data.manifest)  # refuses, before any training, a fine head with no fine labels
     folds = get_folds(data.manifest, folds_path or run_dir / "folds.json", n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     caller_rows = data.manifest.is_caller

@@ -61,7 +61,7 @@ def evaluate_bundle(bundle: Union[Bundle, str, Path], manifest_path: Union[str, 
                            manifest.negative[rows], manifest.fine[rows])
     thresholds = bundle.thresholds
     metrics = evaluate(scores, taxonomy=bundle.taxonomy, binary_threshold=thresholds.binary,
-                       fine_thresholds=thresholds.fine)
+                       fine_thresholds=thresholds.fine, fine_labelled=bool(manifest.fine[rows].any()))
     metrics.update(fold=HELD_OUT_FOLD, n_test_calls=len({manifest.call_id[r] for r in rows}),
                    n_scored_segments=int(len(rows)), n_skipped_segments=len(skipped),
                    thresholds={"binary": thresholds.binary,

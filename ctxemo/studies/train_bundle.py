@@ -12,7 +12,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ctxemo.config import BASELINE_MODES
-from ctxemo.embedding.corpus import CorpusData, audio_specs, load_corpus
+from ctxemo.embedding.corpus import (
+    CorpusData,
+    audio_specs,
+    has_fine_labels,
+    load_corpus,
+)
 from ctxemo.embedding.encode import EmbedSettings, as_audio_spec, read_segment
 from ctxemo.errors import ConfigError
 from ctxemo.evaluation.evaluate import decision_thresholds, evaluate
@@ -53,6 +58,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
                           "for `ctxemo train` in train.mode=end_to_end")
     start_run(run_dir, cfg, command="train")
     data = data if data is not None else load_corpus(cfg, progress=progress)
+    has_fine_labels(cfg, data.manifest)  # refuses, before any training, a fine head with no fine labels
     manifest, taxonomy = data.manifest, Taxonomy.from_config(cfg.taxonomy)
     # As one CV fold (fold 0: seed cfg.seed) whose "training folds" are every caller: the same inner
     # protocol (one split, or cross-fitting with an ensemble of the inner models) and the same thresholds.
