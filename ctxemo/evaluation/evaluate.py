@@ -46,7 +46,7 @@ def headline(metrics: Dict) -> Dict[str, float]:
     flat = {f"binary_{k}": v for k, v in flatten_metrics(metrics["binary"]).items()}
     flat.update({f"fine_{k}": v for k, v in flatten_metrics(metrics.get("fine") or {}).items()})
     for name, row in (metrics.get("trivial") or {}).items():
-        flat.update({f"{name}.{k}": v for k, v in row.items() if k in TRIVIAL_METRICS and v is not None})
+        flat.update({f"{name}.{k}": float("nan") if v is None else v for k, v in row.items() if k in TRIVIAL_METRICS})
     return flat
 
 

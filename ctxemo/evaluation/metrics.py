@@ -311,7 +311,8 @@ def _is_scalar(value: object) -> bool:
 
 
 def flatten_metrics(metrics: Dict[str, object], prefix: str = "") -> Dict[str, float]:
-    """Flatten nested dicts to dotted scalar keys ("per_label.fear.f1"); lists and strings are dropped."""
+    """Flatten nested dicts to dotted scalar keys ("per_label.fear.f1"); lists and strings are dropped,
+    None (an undefined value read back from JSON's null) becomes NaN, as it was before writing."""
     flat: Dict[str, float] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -319,6 +320,8 @@ def flatten_metrics(metrics: Dict[str, object], prefix: str = "") -> Dict[str, f
             flat.update(flatten_metrics(value, prefix=f"{name}."))
         elif _is_scalar(value):
             flat[name] = float(value)
+        elif value is None:
+            flat[name] = NAN
     return flat
 
 
