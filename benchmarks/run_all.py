@@ -22,6 +22,7 @@ SMALL = {
     "bench_embed.py": ["--count", "8", "--max-sec", "6"],
     "bench_segment.py": ["--calls", "2"],
     "bench_call_memory.py": ["--minutes", "1", "3", "--vad", "energy"],
+    "bench_folds.py": ["--seeds", "2"],
     "bench_embed_memory.py": ["--calls", "4", "16"],
     "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
 }

@@ -1,4 +1,4 @@
-"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, report, export.
+"""The `ctxemo` command line: demo, synth, import-seed, embed, train, cv, ablate, predict, evaluate, report, export.
 
 Config-driven commands take a YAML file plus `key=value` overrides and write a run folder; rerunning
 the same command on the same folder resumes (finished folds / arms / embedding shards are kept).
@@ -141,6 +141,12 @@ def cmd_train(args) -> None:
     train_bundle(cfg, folder.path, progress=not args.quiet, folder=folder)
 
 
+def cmd_evaluate(args) -> None:
+    from ctxemo.studies.evaluate_bundle import evaluate_bundle
+
+    evaluate_bundle(args.bundle, args.manifest, args.out, features=args.features)
+
+
 def cmd_predict(args) -> None:
 
     predict_command(args)
@@ -209,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "the given cv runs, printed instead of regenerating them")
     p.add_argument("--out", help="with --table: also write it as <out>.md and <out>.csv")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="score a labelled held-out manifest with a bundle: metrics.json + "
+                       "predictions.csv, as a CV fold writes them")
+    p.add_argument("bundle", help="model bundle folder written by `ctxemo train`")
+    p.add_argument("manifest", help="labelled manifest (.csv/.jsonl) of callers the bundle was not trained on")
+    p.add_argument("--features", help="float32 .npy [N, D] aligned to the manifest (skips the encoder)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score a manifest or whole-call recordings with a model bundle",
                        description="Score manifests or whole-call recordings with a model bundle. Exits 0 when at "

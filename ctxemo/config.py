@@ -153,6 +153,10 @@ class CVConfig:
     # 3 by measurement on EmoDB (benchmarks/README.md "Real speech"): with 8-9 training callers, one
     # split left one caller to pick every threshold.
     inner_folds: int = 3
+    # caller: no caller on both sides of any split (the evaluation protocol). segment: every segment is
+    # its own group, so a caller's segments land on both sides, as in the seed study's code; opt-in, to
+    # reproduce its table and see what caller-grouping changes (experiments/README.md).
+    protocol: str = "caller"
 
 
 @dataclass
@@ -271,6 +275,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "train.early_stop_metric": ("score", "binary_ap", "fine_macro_ap", "loss"),
     "train.calibrate": ("none", "temperature"),  # training.calibration
     "segmenter.vad": SEGMENTER_VADS,
+    "cv.protocol": ("caller", "segment"),
 }
 
 
@@ -391,6 +396,13 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not in_range(value, rule):  # NaN fails every rule
             raise ConfigError(f"config key '{key}' = {value!r} must be {rule}")
+    negatives = set(cfg.taxonomy.negative_labels) or set(labels)
+    if not cfg.taxonomy.multilabel and cfg.head.binary_from != "head" and negatives >= set(labels):
+        # Softmax mass over the negative labels is then 1 for every segment: P(negative) would carry nothing.
+        raise ConfigError(
+            f"config key 'head.binary_from' = {cfg.head.binary_from!r} with a single-label taxonomy whose labels "
+            f"are all negative ({labels}) gives P(negative) = 1 for every segment: add a non-negative class to "
+            "'taxonomy.labels' and list the others in 'taxonomy.negative_labels', or set head.binary_from=head")
     if cfg.cv.inner_folds == 1:
         raise ConfigError("config key 'cv.inner_folds' = 1: use 0 (one inner split) or at least 2 inner folds")
     unknown = [b for b in cfg.ablation.baselines if b not in BASELINES]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -55,7 +56,29 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    return write_text(path, json_text(obj) + "\n")
+
+
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (what jq and JavaScript read): NaN and infinities, undefined metrics, become null."""
+    return json.dumps(json_safe(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def json_safe(obj: Any) -> Any:
+    """obj with numpy values as Python ones, paths as str and non-finite floats as None, recursively."""
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:
@@ -67,16 +90,6 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -124,3 +124,13 @@ def test_in_range_rules():
 def test_unparsable_or_unresolvable_values_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+@pytest.mark.parametrize("binary_from", ["fine", "mean"])
+def test_single_label_taxonomy_without_a_non_negative_class_cannot_derive_the_binary(binary_from):
+    single = ["taxonomy.multilabel=false", "taxonomy.labels=[sad,angry]", f"head.binary_from={binary_from}"]
+    with pytest.raises(ConfigError, match="head.binary_from.*non-negative class"):
+        load_config(overrides=single)
+    with pytest.raises(ConfigError, match="head.binary_from"):
+        load_config(overrides=[*single, "taxonomy.negative_labels=[sad,angry]"])
+    load_config(overrides=[*single, "taxonomy.labels=[sad,angry,calm]", "taxonomy.negative_labels=[sad,angry]"])
+    load_config(overrides=[*single, "head.binary_from=head"])
+    load_config(overrides=["taxonomy.labels=[sad,angry]", f"head.binary_from={binary_from}"])  # multi-label: fine

@@ -271,3 +271,24 @@ def test_source_errors_say_where_they_looked(tmp_path):
         SegmentEncoder.from_config(EncoderConfig(family="whisper"), sample_rate=8000)
     with pytest.raises(ConfigError, match="silently ignored"):
         make("wavlm", finetune="lora", lora=LoraConfig(target_modules=["q_proj"]))
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_trainable_layers_after_the_chosen_hidden_state_are_refused(family):
+    """encoder.layers=0 (the demo) with finetune=full/lora would mark transformer layers trainable that
+    hidden state 0 never depends on: refused before anything trains, naming the layers."""
+    for finetune in ("full", "lora"):
+        with pytest.raises(ConfigError, match=r"encoder.layers=0 .*layers\.0.*never receive a gradient"):
+            make(family, layers="0", finetune=finetune)
+    make(family, layers="0", finetune="frozen")  # nothing trains in the backbone: nothing to refuse
+    make(family, layers="-1", finetune="full")  # the last state depends on every layer
+
+
+def test_layer_check_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    make_then = SegmentEncoder.from_config(EncoderConfig(family="wav2vec2", layers="-1", finetune="full"),
+                                           sample_rate=SR)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    SegmentEncoder.from_config(EncoderConfig(family="wav2vec2", layers="-1", finetune="frozen"), sample_rate=SR)
+    assert torch.equal(torch.rand(1), after) and make_then is not None

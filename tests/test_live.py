@@ -31,7 +31,7 @@ def test_live_equals_offline_causal_scoring(tmp_path, kind, use_operator, window
             assert abs(record["p_negative"] - offline.p_negative[i]) <= 1e-5
             got = [record[f"p_{name}"] for name in bundle.taxonomy.labels]
             np.testing.assert_allclose(got, offline.p_fine[i], atol=1e-5)
-            assert record["negative"] == int(offline.p_negative[i] >= bundle.thresholds.binary)
+            assert record["pred_negative"] == int(offline.p_negative[i] >= bundle.thresholds.binary)
         else:
             assert record["p_negative"] is None
     expected_kept = min(window, 14) if window else sum(bundle.in_context(roles))

@@ -69,11 +69,15 @@ def test_fine_multilabel_agrees_with_sklearn(multilabel_data):
         warnings.simplefilter("error")
         out = fine_metrics(y, p, labels=LABELS, multilabel=True, thresholds=thresholds)
     pred = (p >= thresholds).astype(int)
-    for avg in ("weighted", "macro", "micro", "samples"):
+    for avg in ("weighted", "micro"):
         assert out[f"{avg}_f1"] == pytest.approx(skm.f1_score(y, pred, average=avg, zero_division=0))
+    present, labelled = [0, 1, 2], y.sum(1) > 0  # "anxiety" is absent: out of the macro average
+    assert out["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", labels=present, zero_division=0))
+    assert out["labelled_samples_f1"] == pytest.approx(
+        skm.f1_score(y[labelled], pred[labelled], average="samples", zero_division=0))
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
-    for k, name in enumerate(LABELS):
-        row = out["per_label"][name]
+    for k in present:
+        row = out["per_label"][LABELS[k]]
         assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
             (prec[k], rec[k], f1[k], sup[k])
         )
@@ -107,7 +111,7 @@ def test_fine_multiclass_agrees_with_sklearn():
     pred = p.argmax(1)
     for avg in ("weighted", "macro", "micro"):
         assert out[f"{avg}_f1"] == pytest.approx(skm.f1_score(y, pred, average=avg, labels=range(4), zero_division=0))
-    assert math.isnan(out["samples_f1"])
+    assert math.isnan(out["labelled_samples_f1"])
     assert out["per_label"]["fear"]["f1"] == pytest.approx(skm.f1_score(y == 2, pred == 2))
     cm = skm.confusion_matrix(y, pred, labels=range(4))
     np.fill_diagonal(cm, 0)
@@ -141,7 +145,8 @@ def test_tuned_threshold_finds_perfect_split():
 def test_mean_std_ignores_nan_and_uses_ddof_one():
     mean, std = mean_std([1.0, 2.0, float("nan"), 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)
-    assert mean_std([4.0]) == (4.0, 0.0)
+    mean, std = mean_std([4.0])
+    assert mean == 4.0 and math.isnan(std)  # one fold: no spread, not a spread of 0
     assert all(math.isnan(v) for v in mean_std([float("nan")]))
 
 
@@ -197,3 +202,118 @@ def test_paired_bootstrap_detects_better_arm():
     assert again == out
     null = paired_bootstrap(y, p_a, p_a, groups, metric_fn=accuracy, n_boot=100, seed=0)
     assert null["diff"] == 0.0 and null["p"] == 1.0
+
+
+def test_a_perfect_model_scores_one_on_rows_and_labels_it_can_be_judged_on():
+    # Row 1 carries no gold label; label b has no gold positive in this fold.
+    y = np.array([[1, 0], [0, 0]])
+    out = fine_metrics(y, y.astype(float), labels=["a", "b"], multilabel=True)
+    assert out["labelled_samples_f1"] == 1.0  # scikit-learn's samples F1 would give 0.5
+    assert out["macro_f1"] == 1.0  # would be 0.5 with the absent label counted as 0
+    assert out["n_labels_present"] == 1
+    assert math.isnan(out["per_label"]["b"]["f1"]) and math.isnan(out["per_label"]["b"]["recall"])
+    assert out["macro_ap"] == 1.0 and out["macro_auroc"] == 1.0
+
+
+def test_macro_metrics_skip_the_same_absent_labels():
+    rng = np.random.default_rng(3)
+    y = (rng.random((50, 4)) < 0.3).astype(int)
+    y[:, 2] = 0  # absent from this fold
+    p = np.clip(0.4 * y + 0.6 * rng.random((50, 4)), 0, 1)
+    out = fine_metrics(y, p, labels=LABELS, multilabel=True)
+    kept = [0, 1, 3]
+    assert out["n_labels_present"] == 3
+    assert out["macro_f1"] == pytest.approx(np.mean([skm.f1_score(y[:, k], p[:, k] >= 0.5) for k in kept]))
+    assert out["macro_ap"] == pytest.approx(np.mean([skm.average_precision_score(y[:, k], p[:, k]) for k in kept]))
+    assert out["macro_auroc"] == pytest.approx(np.mean([skm.roc_auc_score(y[:, k], p[:, k]) for k in kept]))
+    # Spurious predictions of the absent label still cost micro F1.
+    spurious = p.copy()
+    spurious[:, 2] = 0.9
+    assert fine_metrics(y, spurious, labels=LABELS, multilabel=True)["micro_f1"] < out["micro_f1"]
+
+
+def test_no_labelled_row_gives_undefined_not_zero():
+    out = fine_metrics(np.zeros((3, 2), int), np.full((3, 2), 0.2), labels=["a", "b"], multilabel=True)
+    assert math.isnan(out["labelled_samples_f1"]) and math.isnan(out["macro_f1"])
+
+
+def test_json_files_hold_null_for_undefined_values(tmp_path):
+    from ctxemo.io import read_json, write_json
+
+    write_json(tmp_path / "m.json", {"auroc": float("nan"), "x": [np.float32("inf"), 1.5], "n": np.int64(3)})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert read_json(tmp_path / "m.json") == {"auroc": None, "x": [None, 1.5], "n": 3}
+    # Read back, a null is NaN again: the fold summaries are the same from memory and from disk.
+    assert math.isnan(flatten_metrics(read_json(tmp_path / "m.json"))["auroc"])  # read back: NaN again
+
+
+def test_nan_validation_score_never_beats_a_defined_one():
+    from ctxemo.training.loop import _is_better
+
+    assert _is_better(float("nan"), None, "ap")  # nothing defined yet: keep the latest epoch
+    assert _is_better(float("nan"), float("nan"), "ap")
+    assert _is_better(0.1, float("nan"), "ap")  # the first defined score replaces an undefined best
+    assert not _is_better(float("nan"), 0.1, "ap")
+    assert _is_better(0.2, 0.1, "ap") and not _is_better(0.05, 0.1, "ap")
+    assert _is_better(0.5, 1.0, "loss")
+
+
+def test_four_callers_cannot_give_a_small_p():
+    """The issue's case: an arm worse for all 4 callers. The bootstrap's p is withheld (it said 0.002); the
+    exact sign-flip test can go no lower than 2 / 2^4 = 0.125."""
+    from ctxemo.evaluation.metrics import f1_counts, f1_from_counts, sign_flip_test
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"c{i}" for i in range(4)], 30)
+    y = (rng.random(120) < 0.5).astype(int)
+    good = np.where(rng.random(120) < 0.9, y, 1 - y)
+    bad = np.where(rng.random(120) < 0.6, y, 1 - y)
+    boot = paired_bootstrap(y, good, bad, groups, metric_fn=lambda a, b: skm.f1_score(a, b, zero_division=0),
+                            n_boot=200)
+    assert math.isnan(boot["p"]) and "4 groups < 10" in boot["p_withheld"]
+    flip = sign_flip_test(f1_counts(y, good, groups), f1_counts(y, bad, groups), f1_from_counts)
+    assert flip["exact"] and flip["n_patterns"] == 16 and flip["min_p"] == 0.125
+    assert flip["p"] == pytest.approx(0.125)
+    assert flip["diff"] == pytest.approx(skm.f1_score(y, bad) - skm.f1_score(y, good))
+
+
+def test_sign_flip_agrees_with_brute_force_and_separates_real_gains():
+    from itertools import product
+
+    from ctxemo.evaluation.metrics import f1_counts, f1_from_counts, sign_flip_test
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"c{i}" for i in range(6)], 10)
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    a = np.where(rng.random((60, 3)) < 0.7, y, 1 - y)
+    b = np.where(rng.random((60, 3)) < 0.75, y, 1 - y)
+
+    def weighted(yy, pp):
+        return skm.f1_score(yy, pp, average="weighted", zero_division=0)
+
+    observed = weighted(y, b) - weighted(y, a)
+    hits = 0
+    for pattern in product([0, 1], repeat=6):
+        swap = np.repeat(np.array(pattern, bool), 10)[:, None]
+        hits += abs(weighted(y, np.where(swap, a, b)) - weighted(y, np.where(swap, b, a))) >= abs(observed) - 1e-12
+    flip = sign_flip_test(f1_counts(y, a, groups), f1_counts(y, b, groups),
+                          lambda t: f1_from_counts(t, average="weighted"))
+    assert flip["diff"] == pytest.approx(observed) and flip["p"] == pytest.approx(hits / 64)
+    # 40 callers, a clearly better arm: the sampled test finds it.
+    groups = np.repeat([f"c{i}" for i in range(40)], 5)
+    y = (rng.random(200) < 0.5).astype(int)
+    weak, strong = np.where(rng.random(200) < 0.6, y, 1 - y), np.where(rng.random(200) < 0.95, y, 1 - y)
+    flip = sign_flip_test(f1_counts(y, weak, groups), f1_counts(y, strong, groups), f1_from_counts, n_random=2000)
+    assert not flip["exact"] and flip["p"] < 0.01
+
+
+def test_seed_label_weighted_f1_is_the_mean_of_per_label_weighted_f1():
+    rng = np.random.default_rng(4)
+    y = (rng.random((60, 4)) < [0.3, 0.2, 0.1, 0.0]).astype(int)  # the last label absent: skipped
+    p = np.clip(0.4 * y + 0.6 * rng.random((60, 4)), 0, 1)
+    out = fine_metrics(y, p, labels=LABELS, multilabel=True)
+    pred = p >= 0.5
+    expected = np.mean([skm.f1_score(y[:, k], pred[:, k], average="weighted") for k in range(3)])
+    assert out["seed_label_weighted_f1"] == pytest.approx(expected)
+    assert out["seed_label_weighted_f1"] > out["macro_f1"]  # true negatives of rare labels count

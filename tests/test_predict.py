@@ -63,7 +63,7 @@ def test_segments_match_true_turns(setup, offline):
         errors += [abs(float(r[k]) - float(t[k])) for r, t in zip(got, want) for k in ("start", "end")]
     assert np.quantile(errors, 0.95) <= TOLERANCE_SEC and max(errors) <= 0.25
     caller = [r for r in rows if r["role"] == "caller"]
-    assert all(0 <= float(r["p_negative"]) <= 1 and r["negative"] in ("0", "1") for r in caller)
+    assert all(0 <= float(r["p_negative"]) <= 1 and r["pred_negative"] in ("0", "1") for r in caller)
     assert all(r["p_negative"] == "" and r["top_labels"] == "" for r in rows if r["role"] == "operator")
     jsonl = [json.loads(line) for line in (out / "segments.jsonl").read_text().splitlines()]
     assert len(jsonl) == len(rows) and isinstance(jsonl[0]["top_labels"], list)
@@ -76,9 +76,9 @@ def test_call_summary_adds_up(setup, offline):
     for call in calls:
         mine = [r for r in segments if r["call_id"] == call["call_id"] and r["role"] == "caller"]
         speech = sum(float(r["duration"]) for r in mine)
-        negative = sum(float(r["duration"]) for r in mine if r["negative"] == "1")
+        negative = sum(float(r["duration"]) for r in mine if r["pred_negative"] == "1")
         assert float(call["negative_share"]) == pytest.approx(negative / speech, abs=1e-3)
-        flags = "".join(r["negative"] for r in mine)
+        flags = "".join(r["pred_negative"] for r in mine)
         assert int(call["longest_negative_run_segments"]) == max(len(run) for run in flags.split("0"))
         peaks = call["peak_segments"].split(";")
         assert len(peaks) == min(3, len(mine))

@@ -60,8 +60,10 @@ def write_arm(arm_dir: Path, corpus, *, noise: float, n_folds: int = 3, seed: in
     by the real evaluate / write_predictions, for predictions = gold blurred by `noise`."""
     rng = np.random.default_rng(seed)
     taxonomy = Taxonomy(labels=tuple(LABELS), multilabel=multilabel)
+    # Single-label with every label negative: P(negative) can only come from the binary head.
     cfg = load_config(overrides=[f"taxonomy.labels=[{','.join(LABELS)}]", f"taxonomy.multilabel={multilabel}",
-                                 f"data.manifest={manifest}" if manifest else "data.manifest=null"])
+                                 f"data.manifest={manifest}" if manifest else "data.manifest=null",
+                                 "head.binary_from=" + ("mean" if multilabel else "head")])
     arm_dir.mkdir(parents=True, exist_ok=True)
     (arm_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
     callers = sorted(set(corpus.caller_id))
@@ -211,3 +213,35 @@ def test_per_call_errors():
     np.testing.assert_allclose(x, [0.3, 0.5])
     np.testing.assert_allclose(y, [0.0, 0.1], atol=1e-12)
     np.testing.assert_allclose(share, [0.5, 1.0])
+
+
+def test_chance_level_arm_is_marked_and_trivial_rows_are_shown(tmp_path, corpus):
+    """An arm whose scores carry nothing gets an AUROC interval around 0.5 and is marked; a good one is not."""
+    pooled_noise = {}
+    for name, noise in (("good", 0.1), ("noise", 5.0)):
+        write_arm(tmp_path / name, corpus, noise=noise, seed=3)
+        pooled = report_run.load_predictions(tmp_path / name)
+        groups, _ = report_run.caller_groups(pooled, tmp_path / name)
+        pooled_noise[name] = report_run.pooled_metrics(pooled, groups, n_boot=200)
+    assert pooled_noise["noise"]["chance_level"] and not pooled_noise["good"]["chance_level"]
+    low, high = pooled_noise["good"]["binary_auroc_ci"]
+    assert 0.5 < low <= pooled_noise["good"]["binary_auroc"] <= high
+    text = comparison.pooled_text(pooled_noise)
+    assert "noise (AUROC interval includes 50: chance level)" in text and "good (AUROC" not in text
+
+
+def test_trivial_predictors_score_the_same_test_rows():
+    from ctxemo.evaluation.evaluate import headline, trivial_metrics
+
+    taxonomy = Taxonomy(labels=tuple(LABELS))
+    gold_neg = np.array([1, 1, 0, 0, 0])
+    gold_fine = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    scores = SegmentScores(np.arange(5), np.full(5, 0.3), np.zeros((5, 3)), gold_neg, gold_fine)
+    rows = trivial_metrics(scores, taxonomy=taxonomy, train_negative_share=0.4,
+                           train_fine_share=np.array([0.6, 0.1, 0.0]))
+    assert rows["all_negative"]["binary_f1"] == pytest.approx(2 * 2 / (2 + 5))  # recall 1, precision 2/5
+    assert rows["all_negative"]["binary_recall"] == 1.0 and rows["all_negative"]["binary_auroc"] == 0.5
+    assert rows["training_prior"]["binary_f1"] == 0.0  # 0.4 < 0.5: nothing called negative
+    assert rows["training_prior"]["fine_weighted_f1"] == pytest.approx(2 / 3 * (2 * 2 / (2 + 5)))  # despair always
+    flat = headline({"binary": {"f1": 0.5}, "fine": {"weighted_f1": 0.2}, "trivial": rows})
+    assert flat["all_negative.binary_f1"] == rows["all_negative"]["binary_f1"] and flat["binary_f1"] == 0.5

@@ -327,7 +327,7 @@ def test_bad_features_file_is_named(capsys, tmp_path, kind, message):
 
 def test_single_segment_call_and_labels_without_positives_run_through(capsys, tmp_path):
     """A call with one segment is a call like any other; a label that never occurs, and folds in which
-    some labels have no positive, leave those labels' AP/AUROC NaN (mean over the folds that have them)
+    some labels have no positive, leave those labels' AP/AUROC undefined (null; mean over the folds that have them)
     instead of crashing; the headline binary metrics stay finite."""
     cfg = feature_corpus(tmp_path / "corpus", n_callers=6, calls_per_caller=2, turns=6)
     manifest = tmp_path / "corpus" / "manifest.jsonl"
@@ -344,7 +344,7 @@ def test_single_segment_call_and_labels_without_positives_run_through(capsys, tm
     rc, out, err = run(capsys, "cv", cfg, "train.epochs=1", "cv.folds=2", "--out", tmp_path / "run", "--quiet")
     assert rc == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
-    assert np.isnan(summary["fine_per_label.fear.ap"]["folds"]).all()
+    assert summary["fine_per_label.fear.ap"]["folds"] == [None, None]  # undefined: JSON null, not NaN
     assert summary["fine_per_label.fear.support"]["folds"] == [0.0, 0.0]
     for name in ("binary_f1", "binary_seed_weighted_f1", "binary_auroc", "fine_weighted_f1", "fine_micro_f1"):
         assert np.isfinite(summary[name]["mean"]), name

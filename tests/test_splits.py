@@ -149,3 +149,61 @@ def test_load_rejects_mismatched_manifest(corpus, tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ManifestError, match="folds.json"):
         load_folds(path, groups)
+
+
+def test_binary_label_stratified_as_well_as_stratified_group_kfold():
+    """The issue's repro corpus (60 callers), 3 corpus seeds: the spread of the folds' negative share is
+    within 1.5x of scikit-learn's StratifiedGroupKFold on the binary label alone, and the fine labels'
+    spread no worse than StratifiedGroupKFold's (the rule before issue 15 left the binary spread ~4x)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from ctxemo.data.splits import prevalence_spread
+    from ctxemo.data.synthetic import CorpusSpec, sample_corpus_params
+
+    ours, theirs = [], []
+    for seed in range(3):
+        p = sample_corpus_params(CorpusSpec(n_calls=120, seed=seed, calls_per_caller=(1, 3), min_turns=12,
+                                            max_turns=20))
+        c = p.is_caller
+        groups, labels = np.array(p.caller_id)[c], np.c_[p.negative[c], p.fine[c]].astype(int)
+        names = ["negative", *[f"l{k}" for k in range(p.fine.shape[1])]]
+        folds = caller_folds(groups, labels, n_folds=5, seed=seed)
+        sgkf = [t for _, t in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(labels, labels[:, 0],
+                                                                                             groups)]
+        ours.append(prevalence_spread(fold_prevalence(folds, labels, names)))
+        theirs.append(prevalence_spread(fold_prevalence(sgkf, labels, names)))
+    mean = lambda table, key: np.mean([row[key] for row in table])  # noqa: E731
+    assert mean(ours, "binary_spread") <= 1.5 * mean(theirs, "binary_spread"), (ours, theirs)
+    assert mean(ours, "fine_spread") <= mean(theirs, "fine_spread"), (ours, theirs)
+
+
+def test_prevalence_spread_reads_a_fold_table():
+    from ctxemo.data.splits import prevalence_spread
+
+    labels = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    table = fold_prevalence([np.array([0, 1]), np.array([2, 3])], labels, ["negative", "a", "absent"])
+    spread = prevalence_spread(table)
+    assert spread["binary_spread"] == pytest.approx(0.25)  # shares 0.5 and 1.0
+    assert spread["fine_spread"] == pytest.approx(0.0)  # "a": 0.5 and 0.5; "absent" has no positive
+
+
+def test_segment_protocol_splits_callers_across_folds(tmp_path):
+    """cv.protocol=segment: every segment its own group, so callers land on both sides (the seed study's
+    split); the caller protocol never does."""
+    from bundle_helpers import small_corpus
+
+    from ctxemo.config import load_config
+    from ctxemo.data.manifest import load_manifest
+    from ctxemo.data.splits import fold_callers, make_folds, regroup_for_protocol
+    from ctxemo.taxonomy import Taxonomy
+
+    manifest = load_manifest(small_corpus(tmp_path / "c", n_calls=6, seed=0),
+                             Taxonomy.from_config(load_config().taxonomy), require_audio=False)
+    assert regroup_for_protocol(manifest, "caller") is manifest
+    by_segment = regroup_for_protocol(manifest, "segment")
+    folds = make_folds(by_segment, n_folds=3, seed=0)
+    speaker_sets = [{manifest.caller_id[r] for r in fold} for fold in folds]
+    assert set.intersection(*speaker_sets)  # some caller in every fold
+    assert sorted(np.concatenate(folds).tolist()) == np.flatnonzero(manifest.is_caller).tolist()
+    caller_folds_ = fold_callers(manifest, make_folds(manifest, n_folds=3, seed=0))
+    assert not set(caller_folds_[0]) & set(caller_folds_[1])

@@ -72,6 +72,24 @@ def load_corpus(cfg: DictConfig, *, cache_root: Optional[Path] = None, progress:
     return CorpusData(manifest=manifest, feats=feats, inputs=inputs)
 
 
+def has_fine_labels(cfg: DictConfig, manifest: Manifest) -> bool:
+    """Whether the corpus carries fine labels; a corpus without any runs binary-only (fine metrics absent,
+    not 0) when the config asks nothing of them, and is refused before training otherwise.
+
+    Raises:
+        ConfigError naming the manifest and the two keys that run it binary-only.
+    """
+    if manifest.fine[manifest.is_caller].any():
+        return True
+    if float(cfg.loss.fine_weight) > 0 or cfg.head.binary_from != "head":
+        raise ConfigError(
+            f"{manifest.path}: no caller segment carries a fine label (no 'labels' column, or every one empty), "
+            f"so the fine head would train against {len(manifest.taxonomy.labels)} labels it never sees and report "
+            "fine scores of 0. Add the fine labels, or run the binary head alone: loss.fine_weight=0 "
+            "head.binary_from=head (fine metrics are then reported as absent)")
+    return False
+
+
 def audio_specs(manifest: Manifest) -> List[tuple]:
     """(path, start_sec | None, end_sec | None) per manifest row, for the embedding stage."""
     return [(manifest.audio_path(i), *manifest.crop(i)) for i in range(len(manifest))]

@@ -1,7 +1,13 @@
 """Evaluation metrics, decision-threshold tuning, fold summaries and paired significance tests.
 
-numpy arrays in, plain Python floats / ints / dicts out (JSON-serialisable; undefined values are NaN).
+numpy arrays in, plain Python floats / ints / dicts out (undefined values are NaN here; ctxemo.io writes
+them to JSON as null).
 Shape legend: n = rows (segments), c = labels / classes.
+
+Labels absent from a fold (the one rule for every macro average): a label with no gold positive among the
+scored rows is left out of macro F1, macro AP and macro AUROC alike, and `n_labels_present` says how many
+were averaged. Its per-label recall and F1 are NaN there (undefined; a perfect model would otherwise
+score 0 on it). Spurious predictions of an absent label still count, in micro F1 and the per-label precision.
 """
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ from sklearn.metrics import (
 NAN = float("nan")
 TOP_CONFUSED_PAIRS = 10
 CALIBRATION_BINS = 10  # equal-width probability bins of the ECE and the reliability diagram
+# Below this many callers the bootstrap's p is withheld: resampling 4 callers gives p = 0.002 for an arm the
+# per-fold t-test puts at 0.27 (issue 15); the exact sign-flip test states the limit instead (min p = 2 / 2^n).
+MIN_BOOTSTRAP_GROUPS = 10
+MAX_EXACT_FLIP_GROUPS = 16  # 2^16 sign patterns; beyond, a seeded random sample of them
 
 
 @contextmanager
@@ -41,6 +51,11 @@ def _ranking_scores(y: np.ndarray, score: np.ndarray) -> Tuple[float, float]:
     if y.size == 0 or np.unique(y).size < 2:
         return NAN, NAN
     return float(roc_auc_score(y, score)), float(average_precision_score(y, score))
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """scikit-learn's ROC AUC; NaN when y holds one class."""
+    return _ranking_scores(np.asarray(y), np.asarray(score, dtype=float))[0]
 
 
 def average_precision(y: np.ndarray, p: np.ndarray) -> float:
@@ -185,14 +200,17 @@ def fine_metrics(
         multilabel: True predicts probs >= thresholds per label; False predicts the argmax.
         thresholds: scalar or [c] (multi-label only); None = 0.5.
     Returns:
-        weighted_f1, macro_f1, micro_f1, samples_f1 (multi-label only; NaN for multi-class, where it
-        would equal accuracy), accuracy (exact match for multi-label), macro_ap and macro_auroc (mean
-        over labels that have positives), per_label {name: {precision, recall, f1, support, ap,
-        auroc}}, confused_pairs [{true, pred, count}] (at most 10, largest first). For multi-label a
-        pair counts rows where `true` is a missed label and `pred` a spurious one; for multi-class
-        it is the off-diagonal confusion count. zero_division = 0 everywhere, as in scikit-learn:
-        note a multi-label row with no true and no predicted label scores 0 in samples_f1, so read
-        samples_f1 on rows that carry labels (e.g. negative segments only).
+        weighted_f1, macro_f1 (over the labels present, see the module note), micro_f1,
+        labelled_samples_f1 (multi-label only: the per-row F1 averaged over rows with at least one gold
+        label; a row with no gold label has no F1 of its own; NaN for multi-class, where it would equal
+        accuracy), seed_label_weighted_f1 (the seed study's multi-label score: the mean over labels of
+        each label's binary F1 support-weighted over its two classes, which credits the many true
+        negatives of a rare label), accuracy (exact match for multi-label), macro_ap and macro_auroc,
+        n_labels_present,
+        per_label {name: {precision, recall, f1, support, ap, auroc}}, confused_pairs [{true, pred,
+        count}] (at most 10, largest first). For multi-label a pair counts rows where `true` is a
+        missed label and `pred` a spurious one; for multi-class it is the off-diagonal confusion count.
+        zero_division = 0 otherwise, as in scikit-learn.
     """
     p = np.asarray(probs, dtype=float)
     c = len(labels)
@@ -213,26 +231,34 @@ def fine_metrics(
         eye = np.eye(c, dtype=int)
         y_ind, pred_ind = eye[y_idx], eye[pred_idx]
 
+    present = y_ind.sum(axis=0) > 0  # [c] labels with a gold positive: the ones macro averages run over
     with _quiet():
         if multilabel:
-            avg = {k: f1_score(y, pred, average=k, zero_division=0) for k in ("weighted", "macro", "micro", "samples")}
+            avg = {k: f1_score(y, pred, average=k, zero_division=0) for k in ("weighted", "micro")}
+            labelled = y.sum(axis=1) > 0
+            avg["samples"] = (f1_score(y[labelled], pred[labelled], average="samples", zero_division=0)
+                              if labelled.any() else NAN)
             accuracy = accuracy_score(y, pred)
         else:
             kw = dict(labels=list(range(c)), zero_division=0)
-            avg = {k: f1_score(y_idx, pred_idx, average=k, **kw) for k in ("weighted", "macro", "micro")}
+            avg = {k: f1_score(y_idx, pred_idx, average=k, **kw) for k in ("weighted", "micro")}
             avg["samples"] = NAN
             accuracy = accuracy_score(y_idx, pred_idx)
         precision, recall, f1, support = precision_recall_fscore_support(
             y_ind, pred_ind, average=None, zero_division=0
         )
+    avg["macro"] = float(f1[present].mean()) if present.any() else NAN
+    with _quiet():  # the seed study's multi-label score: per label, F1 support-weighted over its 0/1 classes
+        seed_per_label = [f1_score(y_ind[:, k], pred_ind[:, k], labels=[0, 1], average="weighted", zero_division=0)
+                          for k in np.flatnonzero(present)]
 
     per_label: Dict[str, Dict[str, float]] = {}
     for k, name in enumerate(labels):
         auroc, ap = _ranking_scores(y_ind[:, k], p[:, k])
         per_label[name] = {
             "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "f1": float(f1[k]),
+            "recall": float(recall[k]) if present[k] else NAN,
+            "f1": float(f1[k]) if present[k] else NAN,
             "support": int(support[k]),
             "ap": ap,
             "auroc": auroc,
@@ -249,10 +275,12 @@ def fine_metrics(
         "weighted_f1": float(avg["weighted"]),
         "macro_f1": float(avg["macro"]),
         "micro_f1": float(avg["micro"]),
-        "samples_f1": float(avg["samples"]),
+        "labelled_samples_f1": float(avg["samples"]),
+        "seed_label_weighted_f1": float(np.mean(seed_per_label)) if seed_per_label else NAN,
         "accuracy": float(accuracy) if p.shape[0] else NAN,
-        "macro_ap": _nanmean([m["ap"] for m in per_label.values()]),
-        "macro_auroc": _nanmean([m["auroc"] for m in per_label.values()]),
+        "macro_ap": _nanmean([m["ap"] for m, keep in zip(per_label.values(), present) if keep]),
+        "macro_auroc": _nanmean([m["auroc"] for m, keep in zip(per_label.values(), present) if keep]),
+        "n_labels_present": int(present.sum()),
         "per_label": per_label,
         "confused_pairs": _confused_pairs(pair_counts, labels),
     }
@@ -310,13 +338,14 @@ def tune_binary_threshold(y_true: np.ndarray, p_neg: np.ndarray) -> float:
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1, the usual across-folds spread), NaN ignored.
 
-    Returns (NaN, NaN) for no finite values and std 0.0 for a single value.
+    Returns (NaN, NaN) for no finite values and std NaN for a single value (one fold has no spread;
+    tables print "(1 fold)").
     """
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
         return NAN, NAN
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size >= 2 else 0.0)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size >= 2 else NAN)
 
 
 def _is_scalar(value: object) -> bool:
@@ -324,7 +353,8 @@ def _is_scalar(value: object) -> bool:
 
 
 def flatten_metrics(metrics: Dict[str, object], prefix: str = "") -> Dict[str, float]:
-    """Flatten nested dicts to dotted scalar keys ("per_label.fear.f1"); lists and strings are dropped."""
+    """Flatten nested dicts to dotted scalar keys ("per_label.fear.f1"); lists and strings are dropped,
+    None (an undefined value read back from JSON's null) becomes NaN, as it was before writing."""
     flat: Dict[str, float] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -332,6 +362,8 @@ def flatten_metrics(metrics: Dict[str, object], prefix: str = "") -> Dict[str, f
             flat.update(flatten_metrics(value, prefix=f"{name}."))
         elif _is_scalar(value):
             flat[name] = float(value)
+        elif value is None:
+            flat[name] = NAN
     return flat
 
 
@@ -342,7 +374,8 @@ def summarize_folds(per_fold: List[Dict[str, float]]) -> Dict[str, Dict[str, obj
         per_fold: one flat dict per fold; non-scalar values are skipped, a key missing in a fold
             counts as NaN there.
     Returns:
-        {name: {"mean", "std", "folds": [value per fold]}} in first-seen key order.
+        {name: {"mean", "std", "n", "folds": [value per fold]}} in first-seen key order; n = folds with a
+        defined value.
     """
     names: List[str] = []
     for fold in per_fold:
@@ -351,7 +384,7 @@ def summarize_folds(per_fold: List[Dict[str, float]]) -> Dict[str, Dict[str, obj
     for name in names:
         values = [float(fold[name]) if _is_scalar(fold.get(name)) else NAN for fold in per_fold]
         mean, std = mean_std(values)
-        summary[name] = {"mean": mean, "std": std, "folds": values}
+        summary[name] = {"mean": mean, "std": std, "n": int(np.sum(np.isfinite(values))), "folds": values}
     return summary
 
 
@@ -395,6 +428,34 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
     return out
 
 
+def _rows_of_groups(groups: np.ndarray) -> List[np.ndarray]:
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    return [np.flatnonzero(group_of_row == k) for k in range(group_of_row.max() + 1)]
+
+
+def _group_resamples(rows_of_group: List[np.ndarray], n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of n_boot resamples of whole groups (callers) with replacement."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
+        yield np.concatenate([rows_of_group[k] for k in picked])
+
+
+def bootstrap_interval(y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], *,
+                       metric_fn: Callable[[np.ndarray, np.ndarray], float], n_boot: int = 1000,
+                       seed: int = 0) -> Tuple[float, float]:
+    """95% percentile interval of metric_fn over caller-level resamples (NaN, NaN when none is defined)."""
+    y, p = np.asarray(y_true), np.asarray(scores)
+    with _quiet():
+        values = np.array([metric_fn(y[idx], p[idx]) for idx in _group_resamples(_rows_of_groups(groups), n_boot, seed)],
+                          dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return NAN, NAN
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def paired_bootstrap(
     y_true: np.ndarray,
     p_a: np.ndarray,
@@ -419,22 +480,19 @@ def paired_bootstrap(
         seed: RNG seed.
     Returns:
         metric_a, metric_b, diff (on all rows), ci_low / ci_high (95% percentile interval), p
-        (two-sided, share of replicates on the other side of 0, with +1 smoothing), n_boot
-        (replicates with a defined metric), n_groups.
+        (two-sided, share of replicates on the other side of 0, with +1 smoothing; NaN with fewer than
+        MIN_BOOTSTRAP_GROUPS groups, p_withheld then says why), n_boot (replicates with a defined
+        metric), n_groups.
     """
     y, a, b = np.asarray(y_true), np.asarray(p_a), np.asarray(p_b)
     g = np.asarray(groups)
     if not (len(y) == len(a) == len(b) == len(g)):
         raise ValueError(f"row counts differ: y_true {len(y)}, p_a {len(a)}, p_b {len(b)}, groups {len(g)}")
-    _, group_of_row = np.unique(g, return_inverse=True)
-    rows_of_group = [np.flatnonzero(group_of_row == k) for k in range(group_of_row.max() + 1)]
-    rng = np.random.default_rng(seed)
+    rows_of_group = _rows_of_groups(g)
     diffs = np.empty(n_boot)
     with _quiet():
         metric_a, metric_b = float(metric_fn(y, a)), float(metric_fn(y, b))
-        for i in range(n_boot):
-            picked = rng.integers(0, len(rows_of_group), size=len(rows_of_group))
-            idx = np.concatenate([rows_of_group[k] for k in picked])
+        for i, idx in enumerate(_group_resamples(rows_of_group, n_boot, seed)):
             diffs[i] = metric_fn(y[idx], b[idx]) - metric_fn(y[idx], a[idx])
     diffs = diffs[~np.isnan(diffs)]
     if diffs.size == 0:
@@ -443,14 +501,88 @@ def paired_bootstrap(
         low, high = (float(q) for q in np.percentile(diffs, [2.5, 97.5]))
         tail = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
         p = float(min(1.0, 2.0 * (tail + 1) / (diffs.size + 1)))
+    few = len(rows_of_group) < MIN_BOOTSTRAP_GROUPS
     return {
         "metric_a": metric_a,
         "metric_b": metric_b,
         "diff": metric_b - metric_a,
         "ci_low": low,
         "ci_high": high,
-        "p": p,
+        "p": NAN if few else p,
+        "p_withheld": (f"{len(rows_of_group)} groups < {MIN_BOOTSTRAP_GROUPS}: a bootstrap over so few callers "
+                       "understates the spread; read the sign-flip test" if few else None),
         "n_boot": int(diffs.size),
         "n_groups": len(rows_of_group),
     }
+
+
+def f1_counts(y_true: np.ndarray, pred: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Per-group (true positive, false positive, false negative) counts, the additive parts of F1.
+
+    Args:
+        y_true, pred: [n] or [n, c] 0/1.
+        groups: [n] caller id per row.
+    Returns:
+        [g, c, 3] float counts (c = 1 for [n] inputs), groups in sorted order.
+    """
+    y = np.asarray(y_true).reshape(len(groups), -1) > 0
+    d = np.asarray(pred).reshape(len(groups), -1) > 0
+    _, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.zeros((group_of_row.max() + 1, y.shape[1], 3))
+    np.add.at(counts, group_of_row, np.stack([y & d, ~y & d, y & ~d], axis=-1).astype(float))
+    return counts
+
+
+def f1_from_counts(totals: np.ndarray, *, average: str = "binary") -> np.ndarray:
+    """F1 from summed counts [..., c, 3] (zero_division 0): `binary` = the first column's F1 ([...]),
+    `weighted` = support-weighted over the columns, as decision_f1."""
+    tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    if average == "binary":
+        return f1[..., 0]
+    support = tp + fn
+    total = support.sum(axis=-1)
+    return np.divide((f1 * support).sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
+
+
+def sign_flip_test(counts_a: np.ndarray, counts_b: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
+                   n_random: int = 20000, seed: int = 0) -> Dict[str, object]:
+    """Paired permutation (sign-flip) test of statistic(b) - statistic(a) over groups (callers).
+
+    Under "the two arms are exchangeable within each caller", swapping a caller's predictions between the
+    arms leaves the distribution unchanged. Every one of the 2^g swap patterns is enumerated when g <=
+    MAX_EXACT_FLIP_GROUPS (exact: p can be no smaller than 2 / 2^g, which says what so few callers can
+    show), else a seeded random sample of n_random patterns.
+
+    Args:
+        counts_a, counts_b: [g, ...] additive per-group counts of each arm (e.g. f1_counts).
+        statistic: summed counts [m, ...] -> [m] metric values (e.g. f1_from_counts).
+    Returns:
+        diff (on all rows), p (two-sided: share of patterns with |diff| at least the observed), exact,
+        n_patterns, n_groups, min_p (the smallest p this many groups allow; exact only).
+    """
+    a, b = np.asarray(counts_a, dtype=float), np.asarray(counts_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"per-group counts differ in shape: {a.shape} and {b.shape}")
+    g = a.shape[0]
+    total_a, total_b = a.sum(axis=0), b.sum(axis=0)
+    observed = float(statistic(total_b[None])[0] - statistic(total_a[None])[0])
+    delta = (a - b).reshape(g, -1)  # what swapping a group moves from b's total to a's
+    exact = g <= MAX_EXACT_FLIP_GROUPS
+    n_patterns = 2 ** g if exact else n_random
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_patterns, 4096):
+        stop = min(n_patterns, start + 4096)
+        if exact:
+            swap = ((np.arange(start, stop)[:, None] >> np.arange(g)[None]) & 1).astype(float)  # [m, g]
+        else:
+            swap = (rng.random((stop - start, g)) < 0.5).astype(float)
+        moved = (swap @ delta).reshape(-1, *a.shape[1:])
+        diffs = statistic(total_b[None] + moved) - statistic(total_a[None] - moved)
+        extreme += int(np.sum(np.abs(diffs) >= abs(observed) - 1e-12))
+    p = extreme / n_patterns if exact else (extreme + 1) / (n_patterns + 1)
+    return {"diff": observed, "p": float(p), "exact": exact, "n_patterns": int(n_patterns), "n_groups": int(g),
+            "min_p": float(2.0 / 2 ** g) if exact and g else NAN}
 

@@ -43,8 +43,8 @@ from ctxemo.embedding.opensmile_features import (
 )
 from ctxemo.embedding.opensmile_features import embed_waves as embed_functionals
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
-from ctxemo.evaluation.evaluate import Thresholds
-from ctxemo.io import file_sha256
+from ctxemo.evaluation.evaluate import Thresholds, segment_labels
+from ctxemo.io import file_sha256, json_text
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
@@ -315,19 +315,15 @@ class Bundle:
     def is_negative(self, p_negative: float) -> bool:
         return bool(p_negative >= self.thresholds.binary)
 
-    def top_labels(self, p_fine: np.ndarray) -> List[str]:
-        """Labels over their thresholds, most probable first (single-label: the argmax label)."""
-        labels = self.taxonomy.labels
-        if self.thresholds.fine is None:
-            return [labels[int(np.argmax(p_fine))]]
-        over = [j for j in np.argsort(-p_fine, kind="stable") if p_fine[j] >= self.thresholds.fine[j]]
-        return [labels[j] for j in over]
+    def top_labels(self, p_fine: np.ndarray, *, negative: bool) -> List[str]:
+        """The segment's fine labels, agreeing with its binary decision (evaluate.segment_labels)."""
+        return segment_labels(p_fine, negative=negative, taxonomy=self.taxonomy, fine_thresholds=self.thresholds.fine)
 
 
 # ----------------------------------------------------------------------------- save
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json_text(obj) + "\n", encoding="utf-8")
 
 
 def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresholds: Thresholds, d_in: int,

@@ -48,7 +48,7 @@ class LiveSession:
     Example:
         >>> session = LiveSession("runs/demo-train/bundle")  # doctest: +SKIP
         >>> pred = session.push(wave, sample_rate=8000, role="caller", start_sec=3.2, end_sec=5.0)  # doctest: +SKIP
-        >>> pred["p_negative"], pred["negative"], pred["top_labels"]  # doctest: +SKIP
+        >>> pred["p_negative"], pred["pred_negative"], pred["top_labels"]  # doctest: +SKIP
 
     Args:
         bundle: a loaded Bundle or its folder, or an ONNX export (`OnnxBundle` / a folder written by

@@ -15,9 +15,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ctxemo.errors import CtxemoError
-from ctxemo.io import atomic_path
+from ctxemo.io import atomic_path, json_text
 
-SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative", "negative"]
+SEGMENT_BASE_COLUMNS = ["call_id", "segment_index", "start", "end", "duration", "role", "p_negative",
+                        "pred_negative"]  # pred_: a decision, not the gold `negative` of manifests and CV files
 CALL_COLUMNS = ["call_id", "source", "roles", "duration_sec", "n_segments", "n_caller_segments", "n_skipped",
                 "caller_speech_sec", "negative_speech_sec", "negative_share", "mean_p_negative", "max_p_negative",
                 "longest_negative_run_segments", "longest_negative_run_sec", "longest_negative_run_start",
@@ -50,11 +51,11 @@ def segment_record(bundle, *, call_id: str, segment_index: int, start: Optional[
         "call_id": call_id, "segment_index": int(segment_index), "start": _number(start, 3), "end": _number(end, 3),
         "duration": _number(duration, 3), "role": role,
         "p_negative": _number(p_negative) if scored else None,
-        "negative": int(bundle.is_negative(float(p_negative))) if scored else None,
+        "pred_negative": int(bundle.is_negative(float(p_negative))) if scored else None,
     }
     for name, p in zip(bundle.taxonomy.labels, p_fine):
         record[f"p_{name}"] = _number(p) if scored else None
-    record["top_labels"] = bundle.top_labels(np.asarray(p_fine)) if scored else []
+    record["top_labels"] = bundle.top_labels(np.asarray(p_fine), negative=bool(record["pred_negative"])) if scored else []
     return record
 
 
@@ -77,18 +78,18 @@ def summarize_call(records: Sequence[Dict[str, Any]], *, call_id: str, source: s
     """
     scored = [r for r in records if r["p_negative"] is not None]
     speech = sum(r["duration"] or 0.0 for r in scored)
-    negative_speech = sum(r["duration"] or 0.0 for r in scored if r["negative"])
+    negative_speech = sum(r["duration"] or 0.0 for r in scored if r["pred_negative"])
     seconds = lambda run: sum(r["duration"] or 0.0 for r in run)  # noqa: E731
     best: List[Dict[str, Any]] = []
     current: List[Dict[str, Any]] = []
     for r in scored:
-        current = current + [r] if r["negative"] else []
+        current = current + [r] if r["pred_negative"] else []
         if (len(current), seconds(current)) > (len(best), seconds(best)):
             best = current
     peaks = sorted(scored, key=lambda r: -r["p_negative"])[:n_peaks]
     p = [r["p_negative"] for r in scored]
-    first = next((r for r in scored if r["negative"]), None)
-    decisions = [int(r["negative"]) for r in scored]
+    first = next((r for r in scored if r["pred_negative"]), None)
+    decisions = [int(r["pred_negative"]) for r in scored]
     return {
         "call_id": call_id, "source": source, "roles": roles, "duration_sec": _number(duration_sec, 3),
         "n_segments": len(records), "n_caller_segments": len(scored), "n_skipped": int(n_skipped),
@@ -151,8 +152,8 @@ def trajectory_figure(records: Sequence[Dict[str, Any]], *, threshold: float, ti
         ax.axvspan(*span(r), color="tab:red", alpha=0.15, lw=0, label="gold: negative" if i == 0 else None)
     labelled = set()
     for r in scored:
-        name = "caller turn, decided negative" if r["negative"] else "caller turn, not negative"
-        ax.plot(span(r), [r["p_negative"]] * 2, color="tab:red" if r["negative"] else "tab:blue", lw=3,
+        name = "caller turn, decided negative" if r["pred_negative"] else "caller turn, not negative"
+        ax.plot(span(r), [r["p_negative"]] * 2, color="tab:red" if r["pred_negative"] else "tab:blue", lw=3,
                 label=None if name in labelled else name)
         labelled.add(name)
     if scored:
@@ -226,7 +227,7 @@ class PredictionWriter:
         for name in ("segments.jsonl", "calls.jsonl"):
             _filter_jsonl(self.out_dir / name, done)
         tmp = run_path.with_name(f".{RUN_FILE}.tmp")
-        tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(run) + "\n", encoding="utf-8")
         os.replace(tmp, run_path)
         return done
 
@@ -242,7 +243,7 @@ class PredictionWriter:
 
     def _jsonl(self, name: str, rows: Iterable[Dict[str, Any]]) -> None:
         for row in rows:
-            self._files[name].write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._files[name].write(json_text(row, indent=None) + "\n")
 
     def write_call(self, records: List[Dict[str, Any]], summary: Dict[str, Any],
                    skipped: List[Dict[str, Any]]) -> None:

@@ -30,7 +30,12 @@ from ctxemo.models.backbones import (
 )
 from ctxemo.models.chunking import merge_chunks, split_into_chunks
 from ctxemo.models.featurizer import layer_weights, mix_layers
-from ctxemo.models.finetuning import FINETUNE_MODES, inject_lora, set_backbone_trainable
+from ctxemo.models.finetuning import (
+    FINETUNE_MODES,
+    check_selected_layer_trains,
+    inject_lora,
+    set_backbone_trainable,
+)
 from ctxemo.models.frontend import lengths_to_mask
 from ctxemo.models.pooling import build_pooling
 from ctxemo.models.upstream import Upstream, build_upstream
@@ -103,6 +108,7 @@ class SegmentEncoder(nn.Module):
         if self.lora is not None:
             inject_lora(upstream, self.lora)
         set_backbone_trainable(upstream, finetune)
+        check_selected_layer_trains(upstream, self.layers, finetune)
         for param in self.pooling.parameters():  # layer mixing and pooling always train
             param.requires_grad_(True)
         if self.layer_weights is not None:

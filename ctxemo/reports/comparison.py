@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from omegaconf import OmegaConf
 
-from ctxemo.evaluation.evaluate import HEADLINE
+from ctxemo.evaluation.evaluate import HEADLINE, TRIVIAL
 from ctxemo.evaluation.metrics import paired_test
 from ctxemo.io import write_json, write_text
 from ctxemo.reports import plots
@@ -24,6 +24,7 @@ from ctxemo.reports.run_folder import (
     bootstrap_comparison,
     bootstrap_markdown,
     bootstrap_text,
+    caller_groups,
     detect_kind,
     fold_dirs,
     fold_summary,
@@ -46,7 +47,7 @@ def write_comparison(run_dir: Path, summaries: Dict[str, Dict], *, reference: st
     metrics = metrics or [m for m in HEADLINE if m in summaries[reference]]
     paired = {
         arm: {name: paired_test(summaries[reference][name]["folds"], summary[name]["folds"])
-              for name in summaries[reference] if name in summary}
+              for name in summaries[reference] if name in summary and not name.startswith(TRIVIAL)}
         for arm, summary in summaries.items() if arm != reference
     }
     result = {"reference": reference, "metrics": metrics, "arms": summaries, "paired": paired}
@@ -78,7 +79,8 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     predictions = {arm: load_predictions(run_dir / arm, folds=folds) for arm in arms}  # read once, used twice
     boot = bootstrap_comparison(run_dir, arms, reference=result["reference"], n_boot=n_boot, seed=seed, folds=folds,
                                 pooled=predictions)
-    pooled = {arm: pooled_metrics(p) for arm, p in predictions.items() if p is not None}
+    pooled = {arm: pooled_metrics(p, caller_groups(p, run_dir / arm)[0], n_boot=n_boot, seed=seed)
+              for arm, p in predictions.items() if p is not None}
     result = dict(result, bootstrap=boot, pooled=pooled)
     write_json(run_dir / "summary.json", result)
     if pooled:
@@ -86,12 +88,13 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     md_path = run_dir / "summary.md"
     previous = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
     previous = previous.split(BOOTSTRAP_HEADING)[0].rstrip("\n")
-    write_text(md_path, (previous + "\n\n" if previous else "") + bootstrap_markdown(boot))
+    pooled_md = "\n" + pooled_text(pooled) if pooled else ""
+    write_text(md_path, (previous + "\n\n" if previous else "") + bootstrap_markdown(boot) + pooled_md)
     write_csv(run_dir / "bootstrap.csv",
               ["arm", "metric", "reference", "value_reference", "value_arm", "diff", "ci_low", "ci_high", "p",
-               "n_boot", "n_groups", "n_rows", "grouped_by"],
+               "p_sign_flip", "n_boot", "n_groups", "n_rows", "grouped_by"],
               [[arm, name, boot["reference"], t["metric_a"], t["metric_b"], t["diff"], t["ci_low"], t["ci_high"],
-                t["p"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
+                t["p"], t["p_sign_flip"], t["n_boot"], t["n_groups"], t["n_rows"], boot["grouped_by"]]
                for arm, tests in boot["arms"].items() for name, t in tests.items()])
     if boot["arms"]:
         log(bootstrap_text(boot))
@@ -102,10 +105,18 @@ def finish_comparison(run_dir: Path, result: Dict, *, log: Callable[[str], None]
     return result
 
 
-def pooled_text(pooled: Dict[str, Dict[str, float]]) -> str:
-    """The pooled out-of-fold table (per arm: binary F1, AUROC, fine weighted F1, in %)."""
-    rows = [[arm, *(f"{100 * m[k]:.2f}" for k in POOLED_METRICS)] for arm, m in pooled.items()]
-    return "pooled out-of-fold predictions:\n" + markdown_table(["arm", *POOLED_METRICS], rows)
+def pooled_text(pooled: Dict[str, Dict[str, object]]) -> str:
+    """The pooled out-of-fold table (per arm: binary F1, AUROC with its caller-bootstrap interval, fine
+    weighted F1, in %); arms whose AUROC interval includes 0.5 are marked."""
+    rows = []
+    for arm, m in pooled.items():
+        cells = [f"{100 * m[k]:.2f}" for k in POOLED_METRICS]
+        low, high = m.get("binary_auroc_ci", (None, None))
+        if low is not None:
+            cells[POOLED_METRICS.index("binary_auroc")] += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        rows.append([arm + (" (AUROC interval includes 50: chance level)" if m.get("chance_level") else ""), *cells])
+    return "pooled out-of-fold predictions (AUROC with 95% caller-bootstrap interval):\n" + markdown_table(
+        ["arm", *POOLED_METRICS], rows)
 
 
 def _common_folds(run_dir: Path, arms: Sequence[str]) -> List[int]:
@@ -117,6 +128,8 @@ def write_plots(run_dir: Path, arms: Dict[str, Path], summaries: Dict[str, Dict]
                 folds: Optional[Sequence[int]] = None) -> List[Path]:
     """Per-label F1 bars, confused-pair heatmaps (+ confused_pairs.md) and per-call scatters vs the reference."""
     plot_dir = Path(run_dir) / "plots"
+    if not any(key.startswith("fine_") for summary in summaries.values() for key in summary):
+        return []  # a binary-only corpus (no fine labels): no per-label or confusion plots to draw
     pooled = {arm: p for arm, folder in arms.items() if (p := load_predictions(folder, folds=folds)) is not None}
     labels = next(iter(pooled.values())).labels if pooled else plots.labels_from_summary(summaries)
     scores, support = plots.per_label_inputs(summaries, labels)

@@ -219,7 +219,7 @@ def _call_rows(pooled: Dict[str, Pooled], times: Optional[Dict[tuple, tuple]]) -
                     records.append({"segment_index": int(index), "role": "caller", "start": start, "end": end,
                                     # without times every turn weighs the same: shares are of turns
                                     "duration": (end - start) if times else 1.0, "p_negative": float(p_neg),
-                                    "negative": int(neg)})
+                                    "pred_negative": int(neg)})
                 figures[name] = summarize_call(records, call_id=call, source="", duration_sec=None, n_skipped=0)
             pred, gold = figures["pred"], figures["gold"]
             rows.append([call, arm, pred["n_caller_segments"], _blank(pred["first_alert_segment"]),

@@ -15,11 +15,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import roc_auc_score
 
 from ctxemo.errors import CtxemoError
 from ctxemo.evaluation.evaluate import headline
-from ctxemo.evaluation.metrics import decision_f1, paired_bootstrap, summarize_folds
+from ctxemo.evaluation.metrics import (
+    auroc,
+    bootstrap_interval,
+    decision_f1,
+    f1_counts,
+    f1_from_counts,
+    paired_bootstrap,
+    sign_flip_test,
+    summarize_folds,
+)
 from ctxemo.io import read_json
 from ctxemo.reports.tables import format_p, markdown_table
 
@@ -185,16 +193,26 @@ def load_predictions(arm_dir: Path, *, folds: Optional[Sequence[int]] = None) ->
 POOLED_METRICS = ("binary_f1", "binary_auroc", "fine_weighted_f1")
 
 
-def pooled_metrics(pooled: Pooled) -> Dict[str, float]:
+def pooled_metrics(pooled: Pooled, groups: Optional[np.ndarray] = None, *, n_boot: int = N_BOOT,
+                   seed: int = 0) -> Dict[str, object]:
     """Headline metrics of the out-of-fold predictions pooled over folds (each fold decided with its own
     tuned thresholds). With few callers per fold (leave-one-caller-out) per-fold F1 is noisy and can be
-    undefined; the pooled figure is what the classic references report."""
+    undefined; the pooled figure is what the classic references report. With `groups` (caller per row)
+    also binary_auroc_ci, the 95% caller-bootstrap interval of the AUROC, and chance_level: whether that
+    interval includes 0.5 (such an arm's F1 gains are no evidence of a working model)."""
     keep = pooled.fine_rows()
-    auroc = (float(roc_auc_score(pooled.negative, pooled.p_negative)) if len(np.unique(pooled.negative)) > 1
-             else float("nan"))
-    return {"binary_f1": decision_f1(pooled.negative, pooled.pred_negative), "binary_auroc": auroc,
-            "fine_weighted_f1": decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted"),
-            "n": int(len(pooled.negative))}
+    out: Dict[str, object] = {
+        "binary_f1": decision_f1(pooled.negative, pooled.pred_negative),
+        "binary_auroc": auroc(pooled.negative, pooled.p_negative),
+        "fine_weighted_f1": (decision_f1(pooled.gold_fine[keep], pooled.pred_fine[keep], average="weighted")
+                             if pooled.gold_fine[keep].any() else float("nan")),  # no fine labels: absent, not 0
+        "n": int(len(pooled.negative))}
+    if groups is not None:
+        low, high = bootstrap_interval(pooled.negative, pooled.p_negative, groups, metric_fn=auroc, n_boot=n_boot,
+                                       seed=seed)
+        out["binary_auroc_ci"] = [low, high]
+        out["chance_level"] = bool(np.isfinite(low) and low <= 0.5 <= high)
+    return out
 
 
 def caller_groups(pooled: Pooled, arm_dir: Path) -> Tuple[np.ndarray, str]:
@@ -259,14 +277,20 @@ def bootstrap_arm(ref: Pooled, arm: Pooled, groups: np.ndarray, *, n_boot: int =
     Returns:
         {metric: metrics.paired_bootstrap's dict + n_rows}.
     """
-    out = {"binary_f1": paired_bootstrap(ref.negative, ref.pred_negative, arm.pred_negative, groups,
-                                         metric_fn=decision_f1, n_boot=n_boot, seed=seed)}
-    out["binary_f1"]["n_rows"] = int(len(groups))
     keep = ref.fine_rows()
-    out["fine_weighted_f1"] = paired_bootstrap(ref.gold_fine[keep], ref.pred_fine[keep], arm.pred_fine[keep],
-                                               np.asarray(groups)[keep], metric_fn=partial(decision_f1, average="weighted"), n_boot=n_boot,
-                                               seed=seed)
-    out["fine_weighted_f1"]["n_rows"] = int(keep.sum())
+    groups = np.asarray(groups)
+    inputs = {"binary_f1": (ref.negative, ref.pred_negative, arm.pred_negative, groups, "binary"),
+              "fine_weighted_f1": (ref.gold_fine[keep], ref.pred_fine[keep], arm.pred_fine[keep], groups[keep],
+                                   "weighted")}
+    out = {}
+    for name, (gold, pred_a, pred_b, rows_groups, average) in inputs.items():
+        out[name] = paired_bootstrap(gold, pred_a, pred_b, rows_groups, metric_fn=partial(decision_f1, average=average),
+                                     n_boot=n_boot, seed=seed)
+        out[name]["n_rows"] = int(len(rows_groups))
+        # The exact test beside it: swaps whole callers' predictions between the arms.
+        flip = sign_flip_test(f1_counts(gold, pred_a, rows_groups), f1_counts(gold, pred_b, rows_groups),
+                              partial(f1_from_counts, average=average), seed=seed)
+        out[name].update(p_sign_flip=flip["p"], sign_flip_exact=flip["exact"], sign_flip_min_p=flip["min_p"])
     return out
 
 
@@ -312,13 +336,27 @@ def bootstrap_markdown(boot: Dict) -> str:
         for name in boot["metrics"]:
             t = tests[name]
             row.append(f"{100 * t['metric_b']:.2f} vs {100 * t['metric_a']:.2f}: Δ {100 * t['diff']:+.2f} "
-                       f"[{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}], p={format_p(t['p'])}")
+                       f"[{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}], {_p_cells(t)}")
         rows.append(row)
     note = (f"{BOOTSTRAP_HEADING} (pooled out-of-fold predictions)\n\n"
             f"Each metric on all test segments of all folds pooled, arm vs `{boot['reference']}`, in %; Δ with "
             f"95% interval and two-sided p from {boot['n_boot']} resamples of {unit} (a resampled caller brings "
-            "all their segments). Complements the per-fold paired t-test above.\n\n")
+            "all their segments), and p_flip from the paired sign-flip test that swaps whole callers' "
+            "predictions between the two arms (exact up to 16 callers). Complements the per-fold paired t-test "
+            "above.\n\n")
+    withheld = next((t["p_withheld"] for tests in boot["arms"].values() for t in tests.values()
+                     if t.get("p_withheld")), None)
+    if withheld:
+        note += f"p_boot not reported: {withheld}.\n\n"
     return note + markdown_table(["arm", *boot["metrics"]], rows)
+
+
+def _p_cells(test: Dict) -> str:
+    """'p_boot=…, p_flip=…' for one metric; p_flip names its floor when exact and the floor is large."""
+    p_boot = "n/a" if test.get("p_withheld") else format_p(test["p"])
+    floor = test.get("sign_flip_min_p")
+    limit = f" (min {format_p(floor)})" if floor is not None and np.isfinite(floor) and floor >= 0.01 else ""
+    return f"p_boot={p_boot}, p_flip={format_p(test.get('p_sign_flip'))}{limit}"
 
 
 def bootstrap_text(boot: Dict) -> str:
@@ -326,7 +364,7 @@ def bootstrap_text(boot: Dict) -> str:
              f"of {boot['grouped_by'] or 'callers'}):"]
     for arm, tests in boot["arms"].items():
         cells = [f"{name} Δ {100 * t['diff']:+.2f} [{100 * t['ci_low']:+.2f}, {100 * t['ci_high']:+.2f}] "
-                 f"p_boot={format_p(t['p'])}" for name, t in tests.items()]
+                 f"{_p_cells(t)}" for name, t in tests.items()]
         lines.append(f"  {arm}: " + "; ".join(cells))
     return "\n".join(lines)
 

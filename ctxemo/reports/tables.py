@@ -8,13 +8,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ctxemo.evaluation.evaluate import TRIVIAL
 from ctxemo.io import atomic_path, write_text
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(entry: Dict[str, object]) -> str:
+    """A summary entry {mean, std, n} in %: "mean ± std", or "mean (1 fold)" where there is no spread."""
+    mean, std = entry["mean"], entry["std"]
     if mean is None or not np.isfinite(mean):
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if np.isfinite(std) else f"{100 * mean:.2f}"
+    if entry.get("n") == 1:
+        return f"{100 * mean:.2f} (1 fold)"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None and np.isfinite(std) else f"{100 * mean:.2f}"
 
 
 def format_p(value: Optional[float]) -> str:
@@ -53,11 +58,26 @@ def write_predictions(path: Path, scores, *, manifest, fold: int, binary_thresho
 
 
 def write_summary_tables(run_dir: Path, summary: Dict[str, Dict], *, metrics: Sequence[str]) -> None:
-    """summary.csv (every metric) and summary.md (headline metrics, in %) for one configuration."""
+    """summary.csv (every metric) and summary.md (headline metrics, in %, beside the trivial predictors)
+    for one configuration."""
     write_csv(run_dir / "summary.csv", ["metric", "mean", "std", "folds"],
               [[name, s["mean"], s["std"], ";".join(f"{v:.6f}" for v in s["folds"])] for name, s in summary.items()])
-    rows = [[name, _fmt(summary[name]["mean"], summary[name]["std"])] for name in metrics if name in summary]
-    write_text(run_dir / "summary.md", "Mean ± std over folds, in %.\n\n" + markdown_table(["metric", "value"], rows))
+    shown = [name for name in metrics if name in summary]
+    trivial = [t for t in TRIVIAL if any(f"{t}.{m}" in summary for m in shown)]
+    rows = [[name, _fmt(summary[name]), *(_fmt(summary[f"{t}.{name}"]) if f"{t}.{name}" in summary else "n/a"
+                                           for t in trivial)] for name in shown]
+    write_text(run_dir / "summary.md", "Mean ± std over folds, in %" + (TRIVIAL_NOTE if trivial else ".") + "\n\n"
+               + markdown_table(["metric", "value", *trivial], rows))
+
+
+TRIVIAL_NOTE = ("; beside the model the trivial predictors on the same test folds (all_negative: every segment "
+                "negative; training_prior: the training callers' shares).")
+
+
+def _trivial_rows(summary: Dict[str, Dict], metrics: Sequence[str]) -> List[List[str]]:
+    """Rows "(all_negative)", "(training_prior)" of a comparison table, from the reference's summary."""
+    return [[f"({t})", *(_fmt(summary[f"{t}.{m}"]) if f"{t}.{m}" in summary else "n/a" for m in metrics)]
+            for t in TRIVIAL if any(f"{t}.{m}" in summary for m in metrics)]
 
 
 def comparison_rows(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference: str,
@@ -67,7 +87,7 @@ def comparison_rows(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference
     for arm, summary in arms.items():
         row = [arm]
         for name in metrics:
-            cell = _fmt(summary[name]["mean"], summary[name]["std"]) if name in summary else "n/a"
+            cell = _fmt(summary[name]) if name in summary else "n/a"
             if arm != reference and name in paired.get(arm, {}):
                 test = paired[arm][name]
                 cell += f" (Δ {100 * test['mean_diff']:+.2f}, p={format_p(test['p_ttest'])})"
@@ -80,14 +100,17 @@ def comparison_markdown(arms: Dict[str, Dict], paired: Dict[str, Dict], *, refer
                         metrics: Sequence[str]) -> str:
     header = ["arm", *metrics]
     note = (f"Mean ± std over folds, in %. Δ = paired mean difference vs `{reference}` over the same folds; "
-            "p = paired t-test over folds.\n\n")
-    return note + markdown_table(header, comparison_rows(arms, paired, reference=reference, metrics=metrics))
+            "p = paired t-test over folds. Rows in parentheses: trivial predictors on the same test folds "
+            "(all_negative: every segment negative; training_prior: the training callers' shares).\n\n")
+    rows = comparison_rows(arms, paired, reference=reference, metrics=metrics)
+    return note + markdown_table(header, rows + _trivial_rows(arms.get(reference, {}), metrics))
 
 
 def print_comparison(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference: str,
                      metrics: Sequence[str]) -> str:
     """Plain-text table for the terminal."""
     rows = [["arm", *metrics]] + comparison_rows(arms, paired, reference=reference, metrics=metrics)
+    rows += _trivial_rows(arms.get(reference, {}), metrics)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

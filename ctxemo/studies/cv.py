@@ -5,6 +5,7 @@ The test fold is touched exactly once per fold, after training and threshold tun
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -18,11 +19,19 @@ from ctxemo.data.splits import (
     fold_prevalence,
     load_folds,
     make_folds,
+    prevalence_spread,
+    regroup_for_protocol,
     save_folds,
 )
-from ctxemo.embedding.corpus import CorpusData, load_corpus
+from ctxemo.embedding.corpus import CorpusData, has_fine_labels, load_corpus
 from ctxemo.errors import ConfigError
-from ctxemo.evaluation.evaluate import HEADLINE, decision_thresholds, evaluate, headline
+from ctxemo.evaluation.evaluate import (
+    HEADLINE,
+    decision_thresholds,
+    evaluate,
+    headline,
+    trivial_metrics,
+)
 from ctxemo.evaluation.metrics import (
     summarize_folds,
 )
@@ -92,8 +101,14 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     binary_threshold, fine_thresholds = thresholds.binary, thresholds.fine
     test_calls = build_call_items(manifest, data.feats, rows=test_rows, use_operator_turns=cfg.data.use_operator_turns)
     test_scores = model.score(test_calls)
+    fine_labelled = has_fine_labels(cfg, manifest)
     metrics = evaluate(test_scores, taxonomy=taxonomy, binary_threshold=binary_threshold,
-                       fine_thresholds=fine_thresholds)
+                       fine_thresholds=fine_thresholds, fine_labelled=fine_labelled)
+    train_callers = train_rows[manifest.is_caller[train_rows]]
+    metrics["trivial"] = trivial_metrics(test_scores, taxonomy=taxonomy,
+                                         train_negative_share=float(manifest.negative[train_callers].mean()),
+                                         train_fine_share=manifest.fine[train_callers].mean(axis=0),
+                                         fine_labelled=fine_labelled)
     metrics.update(fold=fold, **model.info, n_test_calls=len(test_calls),
                    thresholds={"binary": binary_threshold,
                                "fine": None if fine_thresholds is None else list(map(float, fine_thresholds))})
@@ -135,6 +150,8 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
     if data is None:
         data = load_corpus(cfg, progress=progress, check_inputs=folder.check_inputs if folder else None)
+    data = dataclasses.replace(data, manifest=regroup_for_protocol(data.manifest, cfg.cv.protocol))
+    has_fine_labels(cfg, data.manifest)  # refuses, before any training, a fine head with no fine labels
     folds_path = folds_path or run_dir / "folds.json"
     folds = get_folds(data.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
@@ -145,9 +162,13 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
             folder.start(command="cv", inputs=data.inputs)
         if not folds_path.is_file():
             save_folds(folds_path, folds, data.manifest.caller_id)
-        write_json(run_dir / "fold_prevalence.json", fold_prevalence(
-            [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
-            groups=data.manifest.caller_id))
+        prevalence = fold_prevalence([f[caller_rows[f]] for f in folds], data.manifest.label_matrix(),
+                                     ["negative", *taxonomy.labels], groups=data.manifest.caller_id)
+        write_json(run_dir / "fold_prevalence.json", prevalence)
+        if progress:
+            spread = prevalence_spread(prevalence)
+            log(f"[cv] folds' negative share {[round(f['positive_share']['negative'], 3) for f in prevalence]}: "
+                f"spread (std) binary {spread['binary_spread']:.3f}, fine labels {spread['fine_spread']:.3f}")
         note = resume_note(run_dir, selected)
         if note:
             log(f"[resume] {note}")

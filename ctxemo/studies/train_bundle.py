@@ -12,7 +12,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ctxemo.config import BASELINE_MODES
-from ctxemo.embedding.corpus import CorpusData, audio_specs, load_corpus
+from ctxemo.embedding.corpus import (
+    CorpusData,
+    audio_specs,
+    has_fine_labels,
+    load_corpus,
+)
 from ctxemo.embedding.encode import EmbedSettings, as_audio_spec, read_segment
 from ctxemo.errors import ConfigError
 from ctxemo.evaluation.evaluate import decision_thresholds, evaluate
@@ -56,6 +61,7 @@ def train_bundle(cfg: DictConfig, run_dir: str | Path, progress: bool = True, *,
                           "for `ctxemo train` in train.mode=end_to_end")
     if data is None:
         data = load_corpus(cfg, progress=progress, check_inputs=folder.check_inputs if folder else None)
+    has_fine_labels(cfg, data.manifest)  # refuses, before any training, a fine head with no fine labels
     inner_splits(cfg, data, np.arange(len(data.manifest)), seed=cfg.seed)  # possible? (raises before any write)
     if folder is not None:
         folder.start(command="train", inputs=data.inputs)

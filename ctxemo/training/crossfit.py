@@ -11,6 +11,7 @@ group, averaged too). With K = 0 and E = 1 this is exactly one model with one in
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -87,6 +88,19 @@ def inner_splits(cfg: DictConfig, data: CorpusData, train_rows: np.ndarray, *, s
     return out
 
 
+def warn_if_no_positives(manifest, splits: Sequence[Tuple[np.ndarray, np.ndarray]], *, fold: int) -> int:
+    """Warn (and count) inner validation splits whose callers have no negative segment: early stopping
+    then has no score to follow (best epoch 0) and tuned thresholds fall back to 0.5."""
+    empty = [k for k, (_, val_rows) in enumerate(splits)
+             if not manifest.negative[val_rows[manifest.is_caller[val_rows]]].any()]
+    if empty:
+        warnings.warn(
+            f"fold {fold}: {len(empty)} of {len(splits)} inner validation split(s) hold no negative caller segment: "
+            "early stopping has nothing to score and the binary threshold stays 0.5. Give more calls, or "
+            "cv.inner_folds=K (cross-fitting), or a larger cv.inner_val_fraction", stacklevel=2)
+    return len(empty)
+
+
 def _member_cfg(cfg: DictConfig, seed: int) -> DictConfig:
     return cfg if seed == cfg.seed else OmegaConf.merge(cfg, {"seed": seed})
 
@@ -96,6 +110,7 @@ def train_fold_model(cfg: DictConfig, data: CorpusData, train_rows: np.ndarray, 
     """Train every member of the fold on its inner split, collect the out-of-fold predictions, and fit the
     smoother when `context.kind: smooth`. Member checkpoints go under `fold_dir` (a rerun resumes them)."""
     splits = inner_splits(cfg, data, train_rows, seed=cfg.seed + fold)
+    warn_if_no_positives(data.manifest, splits, fold=fold)
     n_ensemble = int(cfg.train.ensemble)
     single = len(splits) == 1 and n_ensemble == 1
     members, oof_parts, best_epochs, epochs_run, n_fit, n_val = [], [], [], [], [], []

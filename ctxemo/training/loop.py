@@ -65,10 +65,12 @@ class TrainResult:
 
 
 def _is_better(value: float, best: Optional[float], metric: str, min_delta: float = 0.0) -> bool:
-    if best is None:
-        return True
+    """Whether this epoch's validation score replaces the best so far. An undefined (NaN) score never
+    beats a defined one; until a defined one appears, the latest epoch is kept."""
     if not np.isfinite(value):
-        return False
+        return best is None or not np.isfinite(best)
+    if best is None or not np.isfinite(best):
+        return True
     return value < best - min_delta if metric in LOWER_IS_BETTER else value > best + min_delta
 
 
