@@ -69,7 +69,7 @@ def test_a_recording_scored_live_on_onnxruntime_matches_torch(exported):
     assert torch_p.shape == onnx_p.shape and len(torch_p) >= 3
     print(f"max abs dp over {torch_p.size} probabilities: {np.abs(torch_p - onnx_p).max():.2e}")
     assert np.abs(torch_p - onnx_p).max() <= 1e-4
-    assert [r["negative"] for r in sessions["torch"].records] == [r["negative"] for r in sessions["onnx"].records]
+    assert [r["pred_negative"] for r in sessions["torch"].records] == [r["pred_negative"] for r in sessions["onnx"].records]
 
 
 def test_lora_is_merged_and_axes_are_dynamic(exported):

@@ -46,7 +46,7 @@ def _records(n_turns=60, seconds=22 * 60):
         p = float(0.5 + 0.45 * np.sin(i / 5)) if caller else None
         out.append({"segment_index": i, "start": float(edges[i]), "end": float(edges[i + 1] - 1),
                     "role": "caller" if caller else "operator", "p_negative": p,
-                    "negative": None if p is None else int(p >= 0.5)})
+                    "pred_negative": None if p is None else int(p >= 0.5)})
     return out
 
 

@@ -27,7 +27,8 @@ def upper_band_edge_hz(waves: Sequence[np.ndarray], sample_rate: int) -> Optiona
     band limit; EDGE_DB sits between that roll-off and a channel filter's stop band. Telephone audio
     gives ~4-5 kHz (its filters' slopes), wideband 16-kHz audio 6-8 kHz. Resampling does not move it:
     an 8-kHz call read at 16 kHz still ends near 4 kHz."""
-    waves = [np.asarray(w, dtype=np.float64) for w in waves if len(w) >= 256]
+    # Segments shorter than one Welch window (512 samples) are left out: every spectrum must share its bins.
+    waves = [np.asarray(w, dtype=np.float64) for w in waves if len(w) >= 512]
     if not waves:
         return None
     power, total = None, 0
