@@ -11,7 +11,7 @@ from ctxemo.inference.outputs import CALL_COLUMNS, summarize_call
 def _record(i, role, start, end, p, threshold=0.5):
     scored = role == "caller"
     return {"segment_index": i, "role": role, "start": start, "end": end, "duration": end - start,
-            "p_negative": p if scored else None, "negative": int(p >= threshold) if scored else None}
+            "p_negative": p if scored else None, "pred_negative": int(p >= threshold) if scored else None}
 
 
 def test_first_alert_share_and_changes():

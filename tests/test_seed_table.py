@@ -8,7 +8,7 @@ from ctxemo.cli import main
 from ctxemo.errors import CtxemoError
 from ctxemo.reports.run_folder import fold_summary
 from ctxemo.reports.seed_table import seed_rows
-from ctxemo.reports.tables import _fmt
+from ctxemo.reports.tables import format_entry
 
 
 def cv_run(folder, corpus, *, name, source, binary_weight=1.0, fine_weight=1.0, noise=0.3, seed=0,  # noqa: F811
@@ -34,11 +34,11 @@ def test_one_row_per_encoder_with_each_task_from_its_own_run(tmp_path, corpus, c
     a, b = by_name["enc-a"], by_name["enc-b + transformer"]  # the context stage is named unless isolated
     binary, fine, joint_b = fold_summary(runs[1]), fold_summary(runs[2]), fold_summary(runs[3])
     f1 = binary["binary_f1"]
-    assert a["binary: F1 (negative)"].startswith(_fmt(f1["mean"], f1["std"]) + " (pooled ")
+    assert a["binary: F1 (negative)"].startswith(format_entry(f1) + " (pooled ")
     fw = fine["fine_weighted_f1"]
-    assert a["fine: weighted F1"].startswith(_fmt(fw["mean"], fw["std"]))
+    assert a["fine: weighted F1"].startswith(format_entry(fw))
     assert a["tasks"] == "binary from binary; fine from fine" and b["tasks"] == "binary from joint; fine from joint"
-    assert b["fine: macro F1"] == _fmt(joint_b["fine_macro_f1"]["mean"], joint_b["fine_macro_f1"]["std"])
+    assert b["fine: macro F1"] == format_entry(joint_b["fine_macro_f1"])
     out = tmp_path / "tables" / "seed"
     assert main(["report", "--table", "seed", *map(str, runs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

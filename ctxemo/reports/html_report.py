@@ -37,7 +37,7 @@ from ctxemo.reports.run_folder import (
     pair_counts,
     run_arms,
 )
-from ctxemo.reports.tables import _fmt
+from ctxemo.reports.tables import format_entry
 
 REPORT_FILE = "report.html"
 TIMELINE_CALLS = 3  # calls drawn as timelines (those with the most switches between negative and not)
@@ -101,7 +101,7 @@ def _headline_section(run_dir: Path, summary: Dict) -> str:
 
 
 def _calibration_section(summaries: Dict[str, Dict], pooled: Dict[str, Pooled]) -> str:
-    rows = [[arm, *(_fmt(s[k]["mean"], s[k]["std"]) if k in s else "n/a" for k in ("binary_ece", "binary_brier"))]
+    rows = [[arm, *(format_entry(s[k]) if k in s else "n/a" for k in ("binary_ece", "binary_brier"))]
             for arm, s in summaries.items()]
     body = ('<p class="note">ECE (expected calibration error, 10 equal-width bins) and Brier score of p_negative '
             "per test fold, mean ± std in %; lower is better. <code>train.calibrate=temperature</code> fits a "
@@ -231,10 +231,15 @@ def _call_rows(pooled: Dict[str, Pooled], times: Optional[Dict[tuple, tuple]]) -
 # ----------------------------------------------------------------------------- cells
 
 def _cell(summary: Dict, key: str) -> str:
-    return _fmt(summary[key]["mean"], summary[key]["std"]) if key in summary else "n/a"
+    return format_entry(summary[key]) if key in summary else "n/a"
 
 
 def _percent(value) -> str:
+    """A share in %; an interval [low, high] as "low-high"; a flag (e.g. chance_level) as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_percent(v) for v in value)
     return "n/a" if value is None or not np.isfinite(float(value)) else f"{100 * float(value):.1f}"
 
 

@@ -23,7 +23,7 @@ from ctxemo.reports.run_folder import (
     pooled_metrics,
     run_arms,
 )
-from ctxemo.reports.tables import _fmt, markdown_table, write_csv
+from ctxemo.reports.tables import format_entry, markdown_table, write_csv
 
 # (column, summary metric, pooled metric or None); binary columns first, then fine.
 BINARY_COLUMNS = [("binary: seed-weighted F1", "binary_seed_weighted_f1", "binary_seed_weighted_f1"),
@@ -54,7 +54,7 @@ def _row_key(cfg, name: str) -> Tuple[Tuple[str, str, str], str]:
 def _cell(summary: Dict, pooled: Dict, metric: str, pooled_metric: Optional[str]) -> str:
     if metric not in summary:
         return "n/a"
-    text = _fmt(summary[metric]["mean"], summary[metric]["std"])
+    text = format_entry(summary[metric])
     if pooled and pooled_metric in pooled:
         text += f" (pooled {100 * pooled[pooled_metric]:.2f})"
     return text

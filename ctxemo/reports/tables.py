@@ -12,7 +12,7 @@ from ctxemo.evaluation.evaluate import TRIVIAL
 from ctxemo.io import atomic_path, write_text
 
 
-def _fmt(entry: Dict[str, object]) -> str:
+def format_entry(entry: Dict[str, object]) -> str:
     """A summary entry {mean, std, n} in %: "mean ± std", or "mean (1 fold)" where there is no spread."""
     mean, std = entry["mean"], entry["std"]
     if mean is None or not np.isfinite(mean):
@@ -64,7 +64,7 @@ def write_summary_tables(run_dir: Path, summary: Dict[str, Dict], *, metrics: Se
               [[name, s["mean"], s["std"], ";".join(f"{v:.6f}" for v in s["folds"])] for name, s in summary.items()])
     shown = [name for name in metrics if name in summary]
     trivial = [t for t in TRIVIAL if any(f"{t}.{m}" in summary for m in shown)]
-    rows = [[name, _fmt(summary[name]), *(_fmt(summary[f"{t}.{name}"]) if f"{t}.{name}" in summary else "n/a"
+    rows = [[name, format_entry(summary[name]), *(format_entry(summary[f"{t}.{name}"]) if f"{t}.{name}" in summary else "n/a"
                                            for t in trivial)] for name in shown]
     write_text(run_dir / "summary.md", "Mean ± std over folds, in %" + (TRIVIAL_NOTE if trivial else ".") + "\n\n"
                + markdown_table(["metric", "value", *trivial], rows))
@@ -76,7 +76,7 @@ TRIVIAL_NOTE = ("; beside the model the trivial predictors on the same test fold
 
 def _trivial_rows(summary: Dict[str, Dict], metrics: Sequence[str]) -> List[List[str]]:
     """Rows "(all_negative)", "(training_prior)" of a comparison table, from the reference's summary."""
-    return [[f"({t})", *(_fmt(summary[f"{t}.{m}"]) if f"{t}.{m}" in summary else "n/a" for m in metrics)]
+    return [[f"({t})", *(format_entry(summary[f"{t}.{m}"]) if f"{t}.{m}" in summary else "n/a" for m in metrics)]
             for t in TRIVIAL if any(f"{t}.{m}" in summary for m in metrics)]
 
 
@@ -87,7 +87,7 @@ def comparison_rows(arms: Dict[str, Dict], paired: Dict[str, Dict], *, reference
     for arm, summary in arms.items():
         row = [arm]
         for name in metrics:
-            cell = _fmt(summary[name]) if name in summary else "n/a"
+            cell = format_entry(summary[name]) if name in summary else "n/a"
             if arm != reference and name in paired.get(arm, {}):
                 test = paired[arm][name]
                 cell += f" (Δ {100 * test['mean_diff']:+.2f}, p={format_p(test['p_ttest'])})"
