@@ -146,6 +146,9 @@ class CVConfig:
     # 3 by measurement on EmoDB (benchmarks/README.md "Real speech"): with 8-9 training callers, one
     # split left one caller to pick every threshold.
     inner_folds: int = 3
+    # Folds (and an ablation's arm-folds) run in this many processes of one thread each; 0 = one per
+    # available core. Results equal the serial run's (1); on a GPU or under torchrun always 1.
+    workers: int = 0
 
 
 @dataclass
@@ -221,6 +224,7 @@ RANGES: Dict[str, tuple] = {
     "train.window_segments": (1, None),
     "train.ensemble": (1, None),
     "cv.inner_folds": (0, None),
+    "cv.workers": (0, None),
     "train.bucket_calls": (0, None),
     "train.min_delta": (0.0, None),
 }

@@ -15,7 +15,7 @@ from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
 from ctxemo.reports.comparison import finish_comparison, write_comparison
 from ctxemo.runinfo import start_run
-from ctxemo.studies.cv import run_cv
+from ctxemo.studies.cv import plan_cv, plan_workers, run_plans
 from ctxemo.training import distributed
 
 
@@ -54,7 +54,7 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
     reference = cfg.ablation.reference or next(iter(arms))
     folds_path = run_dir / "folds.json"
     loaded: Dict[str, CorpusData] = {}
-    summaries: Dict[str, Dict] = {}
+    plans = []
     for arm, overrides in arms.items():
         arm_cfg = load_config(overrides=overrides, base=cfg)
         key = _data_key(arm_cfg)
@@ -64,8 +64,10 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, progress: bool = True, log=p
         arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm") if main else run_dir / arm
         if main:
             log(f"[ablate] arm {arm!r}: {' '.join(overrides) or '(base config)'}")
-        summaries[arm] = run_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path,
-                                progress=progress and main)
+        plans.append(plan_cv(arm_cfg, arm_dir, data=loaded[key], folds_path=folds_path, progress=progress and main))
+    # Every arm's folds in one pool of workers (cv.workers), so that no core waits for a slow arm.
+    workers = min(plan_workers(plan.cfg) for plan in plans)
+    summaries = dict(zip(arms, run_plans(plans, workers=workers, progress=progress and distributed.is_main())))
     if not distributed.is_main():
         return {"reference": reference, "arms": summaries}
     result = write_comparison(run_dir, summaries, reference=reference, log=log)

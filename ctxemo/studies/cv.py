@@ -5,8 +5,10 @@ The test fold is touched exactly once per fold, after training and threshold tun
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
@@ -30,6 +32,7 @@ from ctxemo.reports.tables import write_predictions, write_summary_tables
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training import distributed
 from ctxemo.training.crossfit import discard_checkpoints, train_fold_model
+from ctxemo.training.workers import resolve_workers, run_jobs
 
 # ----------------------------------------------------------------------------- folds
 
@@ -84,17 +87,23 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     return metrics
 
 
-def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
-           progress: bool = True) -> Dict:
-    """K-fold caller-grouped CV of one configuration; finished folds are skipped on a rerun.
+@dataclass
+class CVPlan:
+    """One configuration's CV, ready to run: its data, folds and the folds selected (finished or not)."""
 
-    Args:
-        run_dir: output folder (per-fold subfolders, summary.{json,csv,md}).
-        data: manifest + features, if already loaded (ablations share one).
-        folds_path: folds file shared between arms (default run_dir/folds.json).
-    Returns:
-        summary dict {metric: {mean, std, folds}}.
-    """
+    cfg: DictConfig
+    run_dir: Path
+    data: CorpusData
+    folds: List[np.ndarray]
+    selected: List[int]
+
+    def finished(self, k: int) -> bool:
+        return (self.run_dir / f"fold{k}" / "metrics.json").is_file()
+
+
+def plan_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
+            progress: bool = True) -> CVPlan:
+    """Load the data (unless given), fix the folds and write their prevalences; trains nothing."""
     run_dir = Path(run_dir)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
     data = data if data is not None else load_corpus(cfg, progress=progress)
@@ -106,16 +115,52 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
             [f[caller_rows[f]] for f in folds], data.manifest.label_matrix(), ["negative", *taxonomy.labels],
             groups=data.manifest.caller_id))
     selected = list(cfg.cv.only_folds) or list(range(len(folds)))
-    per_fold = []
-    for k in selected:
-        fold_dir = run_dir / f"fold{k}"
-        if (fold_dir / "metrics.json").is_file():
-            metrics = read_json(fold_dir / "metrics.json")
-        else:
-            metrics = run_fold(cfg, data, fold=k, test_rows=folds[k], fold_dir=fold_dir, progress=progress)
-        per_fold.append(headline(metrics))
-    summary = summarize_folds(per_fold)
-    if distributed.is_main():
-        write_json(run_dir / "summary.json", summary)
-        write_summary_tables(run_dir, summary, metrics=HEADLINE)
-    return summary
+    return CVPlan(cfg, run_dir, data, folds, selected)
+
+
+def run_plans(plans: Sequence[CVPlan], *, workers: int, progress: bool = True) -> List[Dict]:
+    """Every unfinished fold of every plan (e.g. an ablation's arms) as one pool of jobs on `workers`
+    processes (training/workers.py), then each plan's summary. Finished folds are read, not rerun."""
+    jobs, owners = [], []
+    for p, plan in enumerate(plans):
+        for k in plan.selected:
+            if not plan.finished(k):
+                # Bars only in the serial loop: parallel bars would interleave.
+                jobs.append(partial(_fold_job, plan, k, progress=progress and workers <= 1))
+                owners.append((p, k))
+    computed = dict(zip(owners, run_jobs(jobs, workers=workers)))
+    summaries = []
+    for p, plan in enumerate(plans):
+        per_fold = [headline(computed[(p, k)] if (p, k) in computed else read_json(plan.run_dir / f"fold{k}" / "metrics.json"))
+                    for k in plan.selected]
+        summary = summarize_folds(per_fold)
+        if distributed.is_main():
+            write_json(plan.run_dir / "summary.json", summary)
+            write_summary_tables(plan.run_dir, summary, metrics=HEADLINE)
+        summaries.append(summary)
+    return summaries
+
+
+def _fold_job(plan: CVPlan, k: int, *, progress: bool) -> Dict:
+    return run_fold(plan.cfg, plan.data, fold=k, test_rows=plan.folds[k], fold_dir=plan.run_dir / f"fold{k}",
+                    progress=progress)
+
+
+def plan_workers(cfg: DictConfig) -> int:
+    """How many processes run the folds (`cv.workers`, see ctxemo.training.workers)."""
+    return resolve_workers(int(cfg.cv.workers), device=str(cfg.train.device))
+
+
+def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
+           progress: bool = True) -> Dict:
+    """K-fold caller-grouped CV of one configuration; finished folds are skipped on a rerun.
+
+    Args:
+        run_dir: output folder (per-fold subfolders, summary.{json,csv,md}).
+        data: manifest + features, if already loaded (ablations share one).
+        folds_path: folds file shared between arms (default run_dir/folds.json).
+    Returns:
+        summary dict {metric: {mean, std, folds}}.
+    """
+    plan = plan_cv(cfg, run_dir, data=data, folds_path=folds_path, progress=progress)
+    return run_plans([plan], workers=plan_workers(cfg), progress=progress)[0]
