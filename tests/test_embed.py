@@ -14,8 +14,10 @@ from ctxemo.embedding.encode import (
     AudioSpec,
     EmbedSettings,
     build_cache_encoder,
+    batch_plan,
     encode_rows,
     length_buckets,
+    pad_segments,
 )
 from ctxemo.errors import AudioError
 from ctxemo.models.frontend import pad_waves
@@ -160,6 +162,28 @@ def test_length_buckets_respect_both_caps():
         assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= min(8.0, 1.25 * real))
     assert batches[0] == [3, 0, 7]  # shortest first
     assert batches[1:] == [[2], [5, 4], [1], [6]]  # 1.1 s + 2.5 s would pad too much; 14 s + 16 s too long
+
+
+def test_cpu_plan_pads_nothing_beyond_a_segment_alone_and_gpu_plan_buckets():
+    durations = [1.0, 14.0, 1.1, 0.9, 3.0, 2.9, 16.0, 1.05, 0.95, 0.3]
+    settings = EmbedSettings(batch_size=16, max_batch_sec=160.0)
+    cpu = batch_plan(durations, settings=settings, device=torch.device("cpu"))
+    assert sorted(i for b in cpu for i in b) == list(range(len(durations)))
+    for batch in cpu:
+        # The batch's width is what each of its segments would get alone (0.25-s grid): no extra padding.
+        waves = [np.zeros(int(durations[i] * SR), np.float32) for i in batch]
+        width = pad_segments(settings, waves)[0].shape[1]
+        assert all(pad_segments(settings, [w])[0].shape[1] == width for w in waves)
+        assert width * len(batch) <= embed.CPU_BATCH_SEC * SR or len(batch) == 1
+    assert sorted(map(sorted, cpu)) == [[0, 3, 8], [1], [2, 7], [4, 5], [6], [9]]
+    gpu = batch_plan(durations, settings=settings, device=torch.device("cuda"))
+    assert gpu == length_buckets(durations, batch_size=16, max_batch_sec=160.0)
+    assert len(gpu) < len(cpu)
+
+
+def test_cpu_batches_of_equal_width_are_capped_by_the_cpu_budget():
+    cpu = batch_plan([1.0] * 20, settings=EmbedSettings(batch_size=16), device=torch.device("cpu"))
+    assert [len(b) for b in cpu] == [8, 8, 4]  # 8 x 1 s = CPU_BATCH_SEC, not batch_size 16
 
 
 def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):

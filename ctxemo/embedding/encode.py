@@ -1,6 +1,6 @@
 """The one segment-embedding loop: segments (files + crops, or in-memory waves) -> SegmentEncoder
-embeddings [n, D], in length-bucketed batches padded to a 0.25-s width grid (few distinct shapes, little
-padding). The cache (ctxemo.embedding.cache), end-to-end training, bundles and live scoring all embed here,
+embeddings [n, D], in batches padded to a 0.25-s width grid (few distinct shapes) and planned by device
+(`batch_plan`: tight buckets on CPU, length buckets under `encoder.max_batch_sec` on a GPU). The cache (ctxemo.embedding.cache), end-to-end training, bundles and live scoring all embed here,
 so a segment gets the same embedding whichever path reads it.
 
 Leaf functions take `EmbedSettings` (the audio and batching fields they read), not the whole config.
@@ -23,6 +23,9 @@ from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
 
 PAD_MULTIPLE_SEC = 0.25  # batch widths are rounded up to this (few distinct shapes: see pad_waves)
 MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
+# CPU batches hold at most this much (padded) audio: 8 s of wav2vec2 frames (400) already fill the matmuls
+# of a base-size layer, while larger batches only add memory (a 16 x 15-s batch peaked at 3.6 GB).
+CPU_BATCH_SEC = 8.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,36 @@ def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch
     return batches
 
 
+def tight_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch_sec: float,
+                  grid_sec: float = PAD_MULTIPLE_SEC) -> List[List[int]]:
+    """Batches of segments that share one padded width on the `grid_sec` grid: no padding beyond what a
+    segment alone gets. At most `batch_size` segments and `max_batch_sec` of padded audio each; in
+    practice short segments are grouped (small matmuls are slow) and long ones go alone."""
+    by_width: Dict[int, List[int]] = {}
+    for i, d in enumerate(durations_sec):
+        by_width.setdefault(max(int(np.ceil(d / grid_sec - 1e-9)), 1), []).append(i)
+    batches: List[List[int]] = []
+    for cells in sorted(by_width):
+        per_batch = max(1, min(batch_size, int(max_batch_sec // (cells * grid_sec))))
+        members = by_width[cells]
+        batches.extend(members[j: j + per_batch] for j in range(0, len(members), per_batch))
+    return batches
+
+
+def batch_plan(durations_sec: Sequence[float], *, settings: EmbedSettings, device: torch.device) -> List[List[int]]:
+    """How segments are batched for `device`.
+
+    On a GPU wide batches buy parallelism, so segments are length-bucketed under `encoder.max_batch_sec`
+    (padding at most MAX_PADDING_FRAC). On CPU they buy none: every padded frame is work, and a wide
+    batch's activations are memory, so only equal-width segments share a batch, up to CPU_BATCH_SEC.
+    Segments longer than `encoder.max_chunk_sec` are cut into chunks inside the encoder either way.
+    """
+    if device.type == "cpu":
+        return tight_buckets(durations_sec, batch_size=settings.batch_size,
+                             max_batch_sec=min(settings.max_batch_sec, CPU_BATCH_SEC))
+    return length_buckets(durations_sec, batch_size=settings.batch_size, max_batch_sec=settings.max_batch_sec)
+
+
 def read_segment(settings: EmbedSettings, spec: AudioSpec) -> np.ndarray:
     """One segment's mono waveform, cropped, at the settings' sample rate from their channel."""
     from ctxemo.data.audio import read_audio
@@ -154,7 +187,7 @@ def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load:
     was_training = encoder.training
     encoder = encoder.to(target).eval()
     out = np.empty((len(durations_sec), encoder.output_dim), dtype=np.float32)
-    batches = length_buckets(durations_sec, batch_size=settings.batch_size, max_batch_sec=settings.max_batch_sec)
+    batches = batch_plan(durations_sec, settings=settings, device=target)
     with torch.inference_mode():
         for batch in batches:
             padded, lens = pad_segments(settings, [load(i) for i in batch])
