@@ -1,6 +1,7 @@
 """Embedding cache: reuse without recomputation, recompute exactly what changed, resume after an
 interruption, seeded random init, and checks on precomputed feature files."""
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from ctxemo.embedding.cache import embed_manifest, encoder_fingerprint
 from ctxemo.embedding.encode import (
     AudioSpec,
     EmbedSettings,
-    build_cache_encoder,
     batch_plan,
+    build_cache_encoder,
     encode_rows,
     length_buckets,
     pad_segments,
@@ -194,3 +195,29 @@ def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):
     cfg = load_config(overrides=["encoder.family=whisper", "data.channel=0"])
     emb = encode_rows(EmbedSettings.from_config(cfg), build_cache_encoder(cfg), [AudioSpec(path)])
     assert emb.shape[0] == 1 and np.isfinite(emb).all()
+
+
+def test_concurrent_cpu_passes_equal_the_one_thread_loop(corpus, monkeypatch):
+    """With 2 torch threads the CPU loop runs 2 one-thread passes at once on one encoder; the masked
+    GroupNorm's per-call lengths are per thread, so every row equals the serial one-thread embedding."""
+    cfg = config("encoder.batch_size=1")  # one segment per batch: many passes to interleave
+    settings, encoder = EmbedSettings.from_config(cfg), build_cache_encoder(cfg)
+    corpus = [embed.as_audio_spec(row) for row in corpus]
+    serial = encode_rows(settings, encoder, corpus)
+    threads_seen = set()
+    original = SegmentEncoder.forward
+
+    def spying(self, waves, wave_lens):
+        threads_seen.add(threading.get_ident())
+        return original(self, waves, wave_lens)
+
+    monkeypatch.setattr(SegmentEncoder, "forward", spying)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        concurrent = encode_rows(settings, encoder, corpus)
+        assert torch.get_num_threads() == 2  # restored after the passes
+    finally:
+        torch.set_num_threads(before)
+    assert len(threads_seen) == 2
+    np.testing.assert_array_equal(concurrent, serial)

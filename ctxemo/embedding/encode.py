@@ -7,6 +7,7 @@ Leaf functions take `EmbedSettings` (the audio and batching fields they read), n
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -182,18 +183,38 @@ def pad_segments(settings: EmbedSettings, waves: Sequence[np.ndarray]) -> Tuple[
 def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load: Callable[[int], np.ndarray], *,
                   settings: EmbedSettings, device: Optional[str] = None, bar: Optional[tqdm] = None) -> np.ndarray:
     """The loop: embeddings [n, D] of segments 0..n-1 in order; `load(i)` gives segment i's waveform, read
-    only when its length bucket is encoded (a corpus is never held in memory at once)."""
+    only when its batch is encoded (a corpus is never held in memory at once).
+
+    On CPU the torch threads become concurrent passes of one thread each over different batches (one
+    encoder, shared weights): a base-size layer on one segment is too small an op to split well across
+    threads, and threads that spin in every op collapse when another job holds a core. Each row is the
+    one-thread embedding of its segment, whatever the thread count.
+    """
     target = resolve_device(device or settings.device)
     was_training = encoder.training
     encoder = encoder.to(target).eval()
     out = np.empty((len(durations_sec), encoder.output_dim), dtype=np.float32)
     batches = batch_plan(durations_sec, settings=settings, device=target)
-    with torch.inference_mode():
-        for batch in batches:
+
+    def encode(batch: List[int]) -> None:
+        with torch.inference_mode():  # thread-local: entered by each pass
             padded, lens = pad_segments(settings, [load(i) for i in batch])
             out[batch] = encoder(padded.to(target), lens.to(target)).float().cpu().numpy()
-            if bar is not None:
-                bar.update(len(batch))
+        if bar is not None:
+            bar.update(len(batch))
+
+    passes = min(torch.get_num_threads(), len(batches)) if target.type == "cpu" else 1
+    if passes <= 1:
+        for batch in batches:
+            encode(batch)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(passes) as pool:
+                list(pool.map(encode, batches))  # list(): re-raises a pass's error here
+        finally:
+            torch.set_num_threads(threads)
     encoder.train(was_training)  # a caller's encoder goes back the way it came
     return out
 
