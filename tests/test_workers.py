@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -54,3 +58,45 @@ def test_workers_setting():
     assert resolve_workers(3) == 3
     with pytest.raises(ConfigError, match="cv.workers"):
         load_config(overrides=["cv.workers=-1"])
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+from ctxemo.training.workers import run_jobs
+folder = sys.argv[1]
+
+def job():
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    time.sleep(120)
+
+run_jobs([job, job], workers=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:"))
+    except FileNotFoundError:
+        return False
+    return "Z" not in state.split()[1]  # a zombie has stopped; only its exit status waits to be read
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc (Linux)")
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path)], env={**os.environ})
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.iterdir())) < 2:
+            assert time.time() < deadline and proc.poll() is None, "workers never started"
+            time.sleep(0.2)
+        pids = [int(p.name) for p in tmp_path.iterdir()]
+        assert all(_alive(pid) for pid in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        proc.kill()
