@@ -128,7 +128,15 @@ def run_plans(plans: Sequence[CVPlan], *, workers: int, progress: bool = True) -
                 # Bars only in the serial loop: parallel bars would interleave.
                 jobs.append(partial(_fold_job, plan, k, progress=progress and workers <= 1))
                 owners.append((p, k))
-    computed = dict(zip(owners, run_jobs(jobs, workers=workers)))
+
+    def report(i: int, metrics: Dict) -> None:  # parallel runs have no bars: a line per finished fold instead
+        done.append(i)
+        p, k = owners[i]
+        print(f"[cv] {plans[p].run_dir.name} fold {k} done ({len(done)}/{len(jobs)} on {workers} workers)", flush=True)
+
+    done: List[int] = []
+    on_done = report if progress and workers > 1 and distributed.is_main() else None
+    computed = dict(zip(owners, run_jobs(jobs, workers=workers, on_done=on_done)))
     summaries = []
     for p, plan in enumerate(plans):
         per_fold = [headline(computed[(p, k)] if (p, k) in computed else read_json(plan.run_dir / f"fold{k}" / "metrics.json"))
