@@ -203,7 +203,9 @@ def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load:
         if bar is not None:
             bar.update(len(batch))
 
-    passes = min(torch.get_num_threads(), len(batches)) if target.type == "cpu" else 1
+    # Torch encoders only: the openSMILE extractor that bundles pass in here is not known to be thread-safe.
+    concurrent = target.type == "cpu" and isinstance(encoder, SegmentEncoder)
+    passes = min(torch.get_num_threads(), len(batches)) if concurrent else 1
     if passes <= 1:
         for batch in batches:
             encode(batch)
