@@ -64,8 +64,11 @@ class MaskedGroupNorm(nn.GroupNorm):
             return super().forward(x)
         # One native group_norm per segment on its valid frames: bit-identical to encoding it alone, and
         # no [b, c, t]-sized temporaries (this is the largest activation of the whole model).
-        out = torch.zeros_like(x)
+        # Without autograd (embedding) the result overwrites the conv output it came from: one copy of
+        # this tensor fewer at the memory peak (the conv does not keep its output for a backward pass).
+        out = x if torch.is_inference_mode_enabled() else torch.zeros_like(x)
         for i, n in enumerate(self.frame_lens.tolist()):
+            out[i, :, n:] = 0
             out[i: i + 1, :, :n] = nn.functional.group_norm(x[i: i + 1, :, :n], self.num_groups, self.weight,
                                                             self.bias, self.eps)
         return out
