@@ -120,7 +120,8 @@ def plan_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None
 
 def run_plans(plans: Sequence[CVPlan], *, workers: int, progress: bool = True) -> List[Dict]:
     """Every unfinished fold of every plan (e.g. an ablation's arms) as one pool of jobs on `workers`
-    processes (training/workers.py), then each plan's summary. Finished folds are read, not rerun."""
+    processes (training/workers.py); each plan's summary is written as soon as its last fold is done (serially:
+    before the next arm starts, so a killed ablation keeps its finished arms). Finished folds are read, not rerun."""
     jobs, owners = [], []
     for p, plan in enumerate(plans):
         for k in plan.selected:
@@ -129,24 +130,34 @@ def run_plans(plans: Sequence[CVPlan], *, workers: int, progress: bool = True) -
                 jobs.append(partial(_fold_job, plan, k, progress=progress and workers <= 1))
                 owners.append((p, k))
 
-    def report(i: int, metrics: Dict) -> None:  # parallel runs have no bars: a line per finished fold instead
-        done.append(i)
-        p, k = owners[i]
-        print(f"[cv] {plans[p].run_dir.name} fold {k} done ({len(done)}/{len(jobs)} on {workers} workers)", flush=True)
+    computed: Dict = {}
+    remaining = [sum(owner == p for owner, _ in owners) for p in range(len(plans))]
+    summaries: Dict[int, Dict] = {}
 
-    done: List[int] = []
-    on_done = report if progress and workers > 1 and distributed.is_main() else None
-    computed = dict(zip(owners, run_jobs(jobs, workers=workers, on_done=on_done)))
-    summaries = []
-    for p, plan in enumerate(plans):
+    def finish(p: int) -> None:  # as soon as a plan's last fold is done (serially: before the next arm starts)
+        plan = plans[p]
         per_fold = [headline(computed[(p, k)] if (p, k) in computed else read_json(plan.run_dir / f"fold{k}" / "metrics.json"))
                     for k in plan.selected]
-        summary = summarize_folds(per_fold)
+        summaries[p] = summarize_folds(per_fold)
         if distributed.is_main():
-            write_json(plan.run_dir / "summary.json", summary)
-            write_summary_tables(plan.run_dir, summary, metrics=HEADLINE)
-        summaries.append(summary)
-    return summaries
+            write_json(plan.run_dir / "summary.json", summaries[p])
+            write_summary_tables(plan.run_dir, summaries[p], metrics=HEADLINE)
+
+    def on_done(i: int, metrics: Dict) -> None:
+        p, k = owners[i]
+        computed[(p, k)] = metrics
+        remaining[p] -= 1
+        if progress and workers > 1 and distributed.is_main():  # parallel runs have no bars: a line per fold
+            done = len(computed)
+            print(f"[cv] {plans[p].run_dir.name} fold {k} done ({done}/{len(jobs)} on {workers} workers)", flush=True)
+        if remaining[p] == 0:
+            finish(p)
+
+    for p in range(len(plans)):
+        if remaining[p] == 0:
+            finish(p)
+    run_jobs(jobs, workers=workers, on_done=on_done)
+    return [summaries[p] for p in range(len(plans))]
 
 
 def _fold_job(plan: CVPlan, k: int, *, progress: bool) -> Dict:
