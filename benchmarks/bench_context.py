@@ -10,7 +10,8 @@ Each size runs in a fresh process, so peak memory is that size's own: `resource.
 the worker (the whole process: Python, torch, features, models), and the growth over the RSS the
 worker had after its imports.
 
-    python benchmarks/bench_context.py                     # 1x: the seed scale, both arms, 5 folds
+    python benchmarks/bench_context.py                     # 1x: the seed scale, both arms, 5 folds, serial then
+                                                           # cv.workers = the cores, and the ratio of the two
     python benchmarks/bench_context.py train.epochs=3 train.patience=100 --scales 0.25 0.5 1 2 4  # growth
     python benchmarks/bench_context.py train.epochs=3 --scales 0.05 --folds 2   # a smoke run
 
@@ -106,7 +107,7 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(job["threads"])
     from ctxemo.config import load_config
     from ctxemo.embedding.corpus import load_corpus
-    from ctxemo.studies.cv import run_cv
+    from ctxemo.studies.cv import plan_cv, plan_workers, run_plans
 
     # One-time costs, paid once per command whatever the corpus size: the first optimizer pulls in
     # torch._dynamo (seconds). Timed apart so that the first arm is not charged for them.
@@ -114,56 +115,83 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     startup_s = time.perf_counter() - start
     rss_after_imports = _rss_mb()
     folder = Path(job["folder"])
+    runs = folder / f"runs-w{job['workers']}"
     common = [f"data.manifest={folder / 'manifest.jsonl'}", f"data.features={folder / 'feats.npy'}",
-              f"out_dir={folder / 'runs'}", "train.device=cpu", f"cv.folds={job['folds']}", *job["overrides"]]
+              f"out_dir={runs}", "train.device=cpu", f"cv.folds={job['folds']}", f"cv.workers={job['workers']}",
+              *job["overrides"]]
     cfg = load_config([job["config"]] if job["config"] else [], common)
     start = time.perf_counter()
     data = load_corpus(cfg, progress=False)
-    out: Dict[str, Any] = {"startup_s": startup_s, "load_s": time.perf_counter() - start, "arms": {}}
-    for arm, overrides in ARMS.items():
-        arm_cfg = load_config(overrides=overrides, base=cfg)
-        start = time.perf_counter()
-        summary = run_cv(arm_cfg, folder / "runs" / arm, data=data, folds_path=folder / "runs" / "folds.json",
-                         progress=False)
-        epochs = [json.loads((folder / "runs" / arm / f"fold{k}" / "metrics.json").read_text())["epochs_run"]
+    out: Dict[str, Any] = {"startup_s": startup_s, "load_s": time.perf_counter() - start, "arms": {},
+                           "workers": plan_workers(cfg)}
+    # Both arms' folds in one pool, as `ctxemo ablate` runs them (cv.workers processes of one thread).
+    plans = [plan_cv(load_config(overrides=overrides, base=cfg), runs / arm, data=data,
+                     folds_path=runs / "folds.json", progress=False) for arm, overrides in ARMS.items()]
+    start = time.perf_counter()
+    summaries = run_plans(plans, workers=job["workers"], progress=False)
+    out["cv_s"] = time.perf_counter() - start
+    for arm, summary in zip(ARMS, summaries):
+        epochs = [json.loads((runs / arm / f"fold{k}" / "metrics.json").read_text())["epochs_run"]
                   for k in range(job["folds"])]
-        out["arms"][arm] = {"seconds": time.perf_counter() - start, "epochs": epochs,
-                            "binary_f1": summary["binary_f1"]["mean"],
+        out["arms"][arm] = {"epochs": epochs, "binary_f1": summary["binary_f1"]["mean"],
                             "binary_auroc": summary["binary_auroc"]["mean"],
                             "fine_macro_f1": summary["fine_macro_f1"]["mean"],
                             "folds": {k: v["folds"] for k, v in summary.items()}}
-    out.update(peak_rss_mb=_rss_mb(), rss_after_imports_mb=rss_after_imports)
+    # Parallel folds run in forked workers: their peak is the largest child's (joined when the pool closed).
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out.update(peak_rss_mb=_rss_mb(), rss_after_imports_mb=rss_after_imports, worker_peak_rss_mb=children_mb)
     return out
 
 
-def run_size(scale: float, args) -> Dict[str, Any]:
+def _flat_epochs(epochs: List[Any]) -> List[int]:
+    """Epochs run per fold, or per inner model of each fold with cross-fitting (cv.inner_folds)."""
+    return [e for fold in epochs for e in (fold if isinstance(fold, list) else [fold])]
+
+
+def run_size(scale: float, args) -> List[Dict[str, Any]]:
+    """One corpus of `scale`, the same CV once per `--workers` count, each in a fresh process."""
+    out = []
     with tempfile.TemporaryDirectory(prefix="bench_context_") as tmp:
         sizes = make_corpus(Path(tmp), scale=scale, dim=args.dim, seed=args.seed)
-        job = dict(folder=tmp, config=str(args.config) if args.config else None, folds=args.folds, threads=args.threads,
-                   overrides=args.overrides)
-        with mp.get_context("spawn").Pool(1) as pool:
-            result = pool.apply(worker, (job,))
-    return {"scale": scale, **sizes, **result}
+        for workers in args.workers:
+            job = dict(folder=tmp, config=str(args.config) if args.config else None, folds=args.folds,
+                       threads=args.threads, overrides=args.overrides, workers=workers)
+            with mp.get_context("spawn").Pool(1) as pool:
+                out.append({"scale": scale, **sizes, **pool.apply(worker, (job,))})
+    return out
 
 
 def print_table(results: List[Dict[str, Any]]) -> None:
     """Wall times, epochs, and the cost of one epoch per 1000 segments (flat when time grows linearly)."""
-    print(f"\n{'scale':>5} {'callers':>7} {'calls':>5} {'segments':>8} | {'startup s':>9} {'load s':>6} "
-          f"{'isolated s':>10} {'contextual s':>12} {'total s':>7} | {'epochs':>6} {'ms/epoch/kseg':>13} | "
-          f"{'peak RSS MB':>11} {'over imports':>12}")
+    print(f"\n{'scale':>5} {'callers':>7} {'calls':>5} {'segments':>8} {'workers':>7} | {'startup s':>9} {'load s':>6} "
+          f"{'CV s (both arms)':>16} {'total s':>7} | {'epochs':>6} {'ms/epoch/kseg':>13} | "
+          f"{'peak RSS MB':>11} {'over imports':>12} {'worker peak':>11}")
     for r in results:
-        iso, ctx = r["arms"]["isolated"], r["arms"]["contextual"]
-        total = r["startup_s"] + r["load_s"] + iso["seconds"] + ctx["seconds"]
-        epochs = sum(iso["epochs"]) + sum(ctx["epochs"])
-        per_epoch = 1e6 * (iso["seconds"] + ctx["seconds"]) / epochs / r["segments"]
-        print(f"{r['scale']:>5g} {r['callers']:>7} {r['calls']:>5} {r['segments']:>8} | {r['startup_s']:>9.1f} "
-              f"{r['load_s']:>6.1f} {iso['seconds']:>10.1f} {ctx['seconds']:>12.1f} {total:>7.1f} | {epochs:>6} "
-              f"{per_epoch:>13.1f} | {r['peak_rss_mb']:>11.0f} {r['peak_rss_mb'] - r['rss_after_imports_mb']:>12.0f}")
+        total = r["startup_s"] + r["load_s"] + r["cv_s"]
+        epochs = sum(sum(_flat_epochs(a["epochs"])) for a in r["arms"].values())
+        per_epoch = 1e6 * r["cv_s"] / epochs / r["segments"]
+        print(f"{r['scale']:>5g} {r['callers']:>7} {r['calls']:>5} {r['segments']:>8} {r['workers']:>7} | "
+              f"{r['startup_s']:>9.1f} {r['load_s']:>6.1f} {r['cv_s']:>16.1f} {total:>7.1f} | {epochs:>6} "
+              f"{per_epoch:>13.1f} | {r['peak_rss_mb']:>11.0f} {r['peak_rss_mb'] - r['rss_after_imports_mb']:>12.0f} "
+              f"{r['worker_peak_rss_mb']:>11.0f}")
     print("\nepochs run per fold, and mean over folds (a check that both arms learn the planted signal):")
     for r in results:
         for arm, a in r["arms"].items():
-            print(f"  {r['scale']:>5g}x {arm:10s} epochs {a['epochs']}  binary F1 {a['binary_f1']:.3f}  "
-                  f"AUROC {a['binary_auroc']:.3f}  fine macro F1 {a['fine_macro_f1']:.3f}")
+            print(f"  {r['scale']:>5g}x workers {r['workers']} {arm:10s} epochs {sum(_flat_epochs(a['epochs']))}  "
+                  f"binary F1 {a['binary_f1']:.3f}  AUROC {a['binary_auroc']:.3f}  fine macro F1 {a['fine_macro_f1']:.3f}")
+    by_scale: Dict[float, List[Dict[str, Any]]] = {}
+    for r in results:
+        by_scale.setdefault(r["scale"], []).append(r)
+    for scale, rows in by_scale.items():
+        serial = next((r for r in rows if r["workers"] == 1), None)
+        for r in rows:
+            if serial is None or r is serial:
+                continue
+            # As JSON, so that a NaN metric (e.g. AUROC of a fold without positives) equals itself.
+            same = all(json.dumps(r["arms"][arm]["folds"]) == json.dumps(serial["arms"][arm]["folds"])
+                       for arm in r["arms"])
+            print(f"  {scale:g}x: serial / {r['workers']} workers = {serial['cv_s']:.1f} s / {r['cv_s']:.1f} s = "
+                  f"{serial['cv_s'] / r['cv_s']:.2f}x (CV time); per-fold metrics identical to serial: {same}")
 
 
 def main() -> None:
@@ -180,24 +208,26 @@ def main() -> None:
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE in the worker: idle OpenMP threads sleep instead of spinning "
                              "(on a shared machine, spinning threads starve the working ones)")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 0],
+                        help="cv.workers of each run, side by side in this command (0 = one per core); the "
+                             "serial/parallel ratio is printed when 1 is among them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every result (with per-fold metrics) here")
     args = parser.parse_args()
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when the spawned worker loads OpenMP
     load = os.getloadavg()[0]
-    print(f"context-stage CV: {args.folds} folds x 2 arms (isolated, contextual), config {args.config or 'defaults'} "
+    print(f"context-stage CV: {args.folds} folds x 2 arms (isolated, contextual), cv.workers {args.workers}, config {args.config or 'defaults'} "
           f"{' '.join(args.overrides)}; {args.threads} torch threads on {os.cpu_count()} CPUs, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
           f"({platform.processor() or platform.machine()}), load average {load:.1f} at start")
     results = []
     for scale in args.scales:
-        results.append(run_size(scale, args))
-        r = results[-1]
-        print(f"  {scale:g}x done: {r['segments']} segments, "
-              f"{r['startup_s'] + r['load_s'] + sum(a['seconds'] for a in r['arms'].values()):.1f} s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB",
-              flush=True)
+        for r in run_size(scale, args):
+            results.append(r)
+            print(f"  {scale:g}x, cv.workers={r['workers']} done: {r['segments']} segments, "
+                  f"{r['startup_s'] + r['load_s'] + r['cv_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
     print_table(results)
     print(f"load average at end {os.getloadavg()[0]:.1f}. startup: imports + first optimizer (once per command); "
           f"ms/epoch/kseg: both arms' CV time / epochs run / thousand segments; peak RSS: getrusage maxrss of the "

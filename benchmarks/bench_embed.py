@@ -1,38 +1,143 @@
-"""Segments per second of ctxemo's embedding path vs the seed study's, on base-size random-init models.
+"""Segments per second of ctxemo's embedding path vs the seed study's, on base-size random-init models, and
+how close each pass comes to this machine's own dense matmul rate (a roofline figure).
 
 Seed study's way: transformers' feature extractor + model, one segment at a time, Whisper padded to
-30 s, mean of the last hidden state. Ours: `ctxemo.embedding.encode.embed_manifest` (length-bucketed batches,
-masked padding, Whisper on the segment's own frames), then a second call on the same corpus (cache hit).
-Each measurement runs in a fresh process so its peak RSS (getrusage) is its own; model building is
-not timed. "max |seed - ours|" checks the paths agree where they should (wav2vec2: padding-free
-batching reproduces one-at-a-time; whisper: differs by design, 30-s padding changes the output).
+30 s, mean of the last hidden state. Ours: `ctxemo.embedding.cache.embed_manifest` with the batch plan
+of the device (`ctxemo.embedding.encode.batch_plan`; on CPU only equal-width segments share a batch),
+then a second call on the same corpus (cache hit). Each measurement runs in a fresh process so its peak
+RSS (getrusage) is its own; model building is not timed; `--repeats` alternates the two ways and reports
+medians. "max |seed - ours|" checks the paths agree where they should (wav2vec2 family: ~1e-6, batching
+reproduces one-at-a-time; whisper: differs by design, 30-s padding changes the output).
 
-    python benchmarks/bench_embed.py --count 40 --threads 2
+Roofline: in the same process and with the same threads, the rate of a dense fp32 matmul (2048^3,
+best of several, measured before and after the pass) is the machine's limit; every pass's FLOPs are
+counted from the architecture and the shapes it ran (transformer layers: 2 t (4 d^2 + 2 d f) + 4 t^2 d
+per segment; convolutions and projections from their hooks) and its time split into the transformer
+layers and the rest, giving achieved GFLOP/s and their share of the matmul rate.
+
+    python benchmarks/bench_embed.py --repeats 3            # all four families, 40 segments
+    python benchmarks/bench_embed.py --count 12 --families wav2vec2   # a quick look
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import soundfile as sf
 
 SR = 16000
-# Architectures of facebook/wav2vec2-base and openai/whisper-base, with random weights (no hub access).
+# Architectures of facebook/wav2vec2-base, facebook/hubert-base-ls960, microsoft/wavlm-base and the encoder of
+# openai/whisper-base, with random weights (no hub access).
+_SSL_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 conv_dim=[512] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
+                 num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, feat_extract_norm="group")
 BASE_CONFIGS: Dict[str, Dict[str, Any]] = {
-    "wav2vec2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                     conv_dim=[512] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
-                     num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, feat_extract_norm="group"),
+    "wav2vec2": dict(_SSL_BASE),
+    "hubert": dict(_SSL_BASE),
+    "wavlm": dict(_SSL_BASE, num_buckets=320, max_bucket_distance=800),
     "whisper": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
                     decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048, num_mel_bins=80,
                     max_source_positions=1500, max_target_positions=448),
 }
+MATMUL_N = 2048  # the roofline's dense fp32 matmul: N x N @ N x N
+
+
+def matmul_gflops(repeats: int = 5) -> float:
+    """This process's best dense fp32 matmul rate (GFLOP/s) on its torch threads: the better of one N^3
+    matmul on all of them and one one-thread matmul per thread at once (how ctxemo's CPU loop runs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+
+    def best_rate(step, flops: float) -> float:
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - start)
+        return flops / best / 1e9
+
+    flops = 2 * MATMUL_N ** 3
+    one = best_rate(lambda: torch.mm(a, b), flops)
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            concurrent = best_rate(lambda: list(pool.map(lambda _: torch.mm(a, b), range(threads))), threads * flops)
+    finally:
+        torch.set_num_threads(threads)
+    return max(one, concurrent)
+
+
+class PassCounter:
+    """FLOPs and seconds of a backbone's forward passes, split into the transformer layers and the rest.
+
+    Layers: FLOPs from the architecture at the shape each layer ran (projections, feed-forward and the two
+    attention matmuls; WavLM's relative-position bias and softmax/norms are not counted), time from hooks
+    around each layer. The rest: every Conv1d and Linear outside the layers, from their output shapes.
+    ctxemo's CPU loop runs concurrent one-thread passes, so the layers' time is the wall time during which
+    at least one layer ran (the union of the intervals of all threads).
+    """
+
+    def __init__(self, model, family: str):
+        import torch
+
+        cfg = model.config
+        self.d = cfg.d_model if family == "whisper" else cfg.hidden_size
+        self.f = cfg.encoder_ffn_dim if family == "whisper" else cfg.intermediate_size
+        layers = model.layers if family == "whisper" else model.encoder.layers
+        self.layer_flops = self.other_flops = 0.0
+        self._intervals: List[Tuple[float, float]] = []
+        self._start = threading.local()
+        for layer in layers:
+            layer.register_forward_pre_hook(self._layer_in, with_kwargs=True)
+            layer.register_forward_hook(self._layer_out)
+        inside = {id(m) for layer in layers for m in layer.modules()}
+        for module in model.modules():
+            if id(module) in inside:
+                continue
+            if isinstance(module, torch.nn.Conv1d):
+                module.register_forward_hook(self._conv)
+            elif isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(self._linear)
+
+    def _layer_in(self, module, args, kwargs):
+        b, t, _ = (args[0] if args else kwargs["hidden_states"]).shape
+        self.layer_flops += b * (2 * t * (4 * self.d ** 2 + 2 * self.d * self.f) + 4 * t * t * self.d)
+        self._start.t = time.perf_counter()
+
+    def _layer_out(self, module, args, output):
+        self._intervals.append((self._start.t, time.perf_counter()))
+
+    @property
+    def layer_s(self) -> float:
+        covered, end = 0.0, float("-inf")
+        for a, b in sorted(self._intervals):
+            covered += max(0.0, b - max(a, end))
+            end = max(end, b)
+        return covered
+
+    def _conv(self, module, args, output):  # output [b, c_out, t]: each output value is a c_in/groups x k dot
+        self.other_flops += 2 * output.numel() * module.in_channels // module.groups * module.kernel_size[0]
+
+    def _linear(self, module, args, output):
+        self.other_flops += 2 * output.numel() * module.in_features
+
+    def report(self, seconds: float, roof: float) -> Dict[str, float]:
+        total, layer_s = self.layer_flops + self.other_flops, self.layer_s
+        return {"gflop": total / 1e9, "pass_gflops": total / seconds / 1e9,
+                "layers_gflops": self.layer_flops / layer_s / 1e9, "layers_share_of_time": layer_s / seconds,
+                "pass_of_roof": total / seconds / 1e9 / roof, "layers_of_roof": self.layer_flops / layer_s / 1e9 / roof}
 
 
 def make_corpus(folder: Path, *, count: int, min_sec: float, max_sec: float, seed: int) -> List[Path]:
@@ -74,43 +179,39 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
 
     # Both ways get the same seeded random weights, built before the clock starts.
     encoder = build_cache_encoder(cfg)
-    # Transformer frames processed, padding included: a load-independent measure of the work done.
-    frames = {"n": 0}
-
-    def count(module, args, output):
-        frames["n"] += output[0][-1].shape[0] * output[0][-1].shape[1]
-
+    model = encoder.upstream.model.eval()
+    counter = PassCounter(model, job["family"])
+    roof_before = matmul_gflops()
+    out: Dict[str, Any] = {}
     if job["way"] == "ours":
-        encoder.upstream.register_forward_hook(count)
         rows = [(p, None, None) for p in paths]
         start = time.perf_counter()
         feats = embed_manifest(cfg, rows, cache_dir=job["cache"], progress=False, encoder=encoder)
-        first = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         start = time.perf_counter()
         embed_manifest(cfg, rows, cache_dir=job["cache"], progress=False, encoder=encoder)
-        second = time.perf_counter() - start
-        return {"seconds": first, "cached_seconds": second, "peak_rss_mb": _peak_rss_mb(), "feats": feats.tolist(),
-                "frames": frames["n"]}
+        out["cached_seconds"] = time.perf_counter() - start
+    else:
+        from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
-    from transformers import Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
-
-    model = encoder.upstream.model.eval()
-    start = time.perf_counter()
-    out = []
-    with torch.inference_mode():
-        for path in paths:
-            wave, _ = sf.read(path, dtype="float32")
-            if job["family"] == "whisper":
-                features = WhisperFeatureExtractor()(wave, sampling_rate=SR, return_tensors="pt")["input_features"]
-                hidden = model(features).last_hidden_state  # 1500 frames whatever the length
-            else:
-                values = Wav2Vec2FeatureExtractor(do_normalize=True)(wave, sampling_rate=SR,
-                                                                     return_tensors="pt")["input_values"]
-                hidden = model(values).last_hidden_state
-            frames["n"] += hidden.shape[1]
-            out.append(hidden.mean(dim=1)[0].numpy())
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(), "feats": np.stack(out).tolist(),
-            "frames": frames["n"]}
+        start = time.perf_counter()
+        rows_out = []
+        with torch.inference_mode():
+            for path in paths:
+                wave, _ = sf.read(path, dtype="float32")
+                if job["family"] == "whisper":
+                    features = WhisperFeatureExtractor()(wave, sampling_rate=SR, return_tensors="pt")["input_features"]
+                    hidden = model(features).last_hidden_state  # 1500 frames whatever the length
+                else:
+                    values = Wav2Vec2FeatureExtractor(do_normalize=True)(wave, sampling_rate=SR,
+                                                                         return_tensors="pt")["input_values"]
+                    hidden = model(values).last_hidden_state
+                rows_out.append(hidden.mean(dim=1)[0].numpy())
+        seconds = time.perf_counter() - start
+        feats = np.stack(rows_out)
+    roof = max(roof_before, matmul_gflops())  # the load may change during the pass: the better of the two
+    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "feats": feats.tolist(), "matmul_gflops": roof,
+            **counter.report(seconds, roof), **out}
 
 
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -123,37 +224,43 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=40, help="segments in the synthetic corpus")
     parser.add_argument("--min-sec", type=float, default=1.0)
     parser.add_argument("--max-sec", type=float, default=15.0)
-    parser.add_argument("--families", nargs="+", default=["wav2vec2", "whisper"], choices=sorted(BASE_CONFIGS))
+    parser.add_argument("--families", nargs="+", default=list(BASE_CONFIGS), choices=sorted(BASE_CONFIGS))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per measurement")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate seed/ours runs, report the fastest")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate seed/ours runs, report the medians")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_corpus(Path(tmp), count=args.count, min_sec=args.min_sec, max_sec=args.max_sec, seed=args.seed)
         total_sec = sum(sf.info(str(p)).duration for p in paths)
         print(f"corpus: {args.count} segments, {total_sec:.0f} s of audio ({args.min_sec}-{args.max_sec} s each), "
-              f"{args.threads} CPU threads, random-init base-size models")
+              f"{args.threads} CPU threads, random-init base-size models, {args.repeats} repeat(s) (medians); "
+              f"load average {os.getloadavg()[0]:.1f} at start")
         summary = {}
         for family in args.families:
             common = dict(family=family, threads=args.threads, paths=[str(p) for p in paths])
-            seed = ours = None
-            for rep in range(args.repeats):  # alternate, keep the fastest: the machine may be shared
-                s = run({**common, "way": "seed"})
-                o = run({**common, "way": "ours", "cache": str(Path(tmp) / f"cache-{family}-{rep}")})
-                seed = s if seed is None or s["seconds"] < seed["seconds"] else seed
-                ours = o if ours is None or o["seconds"] < ours["seconds"] else ours
-            diff = float(np.abs(np.array(seed["feats"]) - np.array(ours["feats"])).max())
+            runs: Dict[str, List[Dict[str, Any]]] = {"seed": [], "ours": []}
+            for rep in range(args.repeats):  # alternate: both ways see the same drift of a shared machine's load
+                runs["seed"].append(run({**common, "way": "seed"}))
+                runs["ours"].append(run({**common, "way": "ours", "cache": str(Path(tmp) / f"cache-{family}-{rep}")}))
+            med = {way: {key: float(np.median([r[key] for r in rs])) for key in rs[0] if key != "feats"}
+                   for way, rs in runs.items()}
+            seed, ours = med["seed"], med["ours"]
+            diff = float(np.abs(np.array(runs["seed"][0]["feats"]) - np.array(runs["ours"][0]["feats"])).max())
             ratio = seed["seconds"] / ours["seconds"]
-            summary[family] = dict(seed_seg_per_s=args.count / seed["seconds"], ours_seg_per_s=args.count / ours["seconds"],
-                                   ratio=ratio, cached_seconds=ours["cached_seconds"],
-                                   seed_peak_rss_mb=seed["peak_rss_mb"], ours_peak_rss_mb=ours["peak_rss_mb"],
-                                   max_abs_diff=diff, seed_frames=seed["frames"], ours_frames=ours["frames"])
+            summary[family] = dict(seed=seed, ours=ours, ratio=ratio, max_abs_diff=diff,
+                                   seed_seconds_each=[r["seconds"] for r in runs["seed"]],
+                                   ours_seconds_each=[r["seconds"] for r in runs["ours"]])
             print(f"{family:9s} seed way {args.count / seed['seconds']:6.2f} seg/s ({seed['seconds']:6.1f} s, "
                   f"peak RSS {seed['peak_rss_mb']:5.0f} MB) | ours {args.count / ours['seconds']:6.2f} seg/s "
-                  f"({ours['seconds']:6.1f} s, peak RSS {ours['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.1f}x | "
-                  f"cache hit {ours['cached_seconds'] * 1000:.0f} ms | transformer frames {seed['frames']} vs "
-                  f"{ours['frames']} ({seed['frames'] / ours['frames']:.1f}x) | max |seed - ours| {diff:.1e}")
+                  f"({ours['seconds']:6.1f} s, peak RSS {ours['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.2f}x | "
+                  f"cache hit {ours['cached_seconds'] * 1000:.0f} ms | max |seed - ours| {diff:.1e}", flush=True)
+            for way, m in (("seed", seed), ("ours", ours)):
+                print(f"  roofline {way:4s}: {m['gflop']:7.0f} GFLOP counted, pass {m['pass_gflops']:5.1f} GFLOP/s "
+                      f"({m['pass_of_roof']:4.0%} of the {m['matmul_gflops']:.0f} GFLOP/s fp32 matmul rate); "
+                      f"transformer layers {m['layers_gflops']:5.1f} GFLOP/s ({m['layers_of_roof']:4.0%}), "
+                      f"{m['layers_share_of_time']:4.0%} of the time", flush=True)
+        print(f"load average at end {os.getloadavg()[0]:.1f}")
         print(json.dumps(summary))
 
 

@@ -157,6 +157,9 @@ class CVConfig:
     # its own group, so a caller's segments land on both sides, as in the seed study's code; opt-in, to
     # reproduce its table and see what caller-grouping changes (experiments/README.md).
     protocol: str = "caller"
+    # Folds (and an ablation's arm-folds) run in this many processes of one thread each; 0 = one per
+    # available core. Results equal the serial run's (1); on a GPU or under torchrun always 1.
+    workers: int = 0
 
 
 @dataclass
@@ -322,6 +325,7 @@ RANGES: Dict[str, str] = {
     "cv.folds": ">= 2",
     "cv.inner_val_fraction": "(0, 1)",
     "cv.inner_folds": ">= 0",  # 0: one inner split; 1 is refused in validate()
+    "cv.workers": ">= 0",  # 0: one per available core
     "segmenter.speech_prob": "[0, 1]",
     "segmenter.frame_sec": "> 0",
     "segmenter.hop_sec": "> 0",

@@ -97,7 +97,9 @@ def feature_corpus(folder: Path, *, n_callers: int = 10, calls_per_caller: int =
         f"data:\n  manifest: {folder / 'manifest.jsonl'}\n  features: {folder / 'feats.npy'}\n"
         "context:\n  d_model: 16\n  depth: 1\n  heads: 2\n"
         "train:\n  epochs: 3\n  patience: 3\n  batch_calls: 4\n  device: cpu\n"
-        "cv:\n  folds: 3\n", encoding="utf-8")
+        # Folds in this process (cv.workers 1): several tests spy on training from here; the parallel
+        # path is compared with this one in tests/test_workers.py.
+        "cv:\n  folds: 3\n  workers: 1\n", encoding="utf-8")
     return cfg
 
 

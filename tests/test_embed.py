@@ -1,6 +1,7 @@
 """Embedding cache: reuse without recomputation, recompute exactly what changed, resume after an
 interruption, seeded random init, and checks on precomputed feature files."""
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ from ctxemo.embedding.cache import embed_manifest, encoder_fingerprint
 from ctxemo.embedding.encode import (
     AudioSpec,
     EmbedSettings,
+    batch_plan,
     build_cache_encoder,
     encode_rows,
     length_buckets,
+    pad_segments,
 )
 from ctxemo.errors import AudioError
 from ctxemo.models.frontend import pad_waves
@@ -162,6 +165,28 @@ def test_length_buckets_respect_both_caps():
     assert batches[1:] == [[2], [5, 4], [1], [6]]  # 1.1 s + 2.5 s would pad too much; 14 s + 16 s too long
 
 
+def test_cpu_plan_pads_nothing_beyond_a_segment_alone_and_gpu_plan_buckets():
+    durations = [1.0, 14.0, 1.1, 0.9, 3.0, 2.9, 16.0, 1.05, 0.95, 0.3]
+    settings = EmbedSettings(batch_size=16, max_batch_sec=160.0)
+    cpu = batch_plan(durations, settings=settings, device=torch.device("cpu"))
+    assert sorted(i for b in cpu for i in b) == list(range(len(durations)))
+    for batch in cpu:
+        # The batch's width is what each of its segments would get alone (0.25-s grid): no extra padding.
+        waves = [np.zeros(int(durations[i] * SR), np.float32) for i in batch]
+        width = pad_segments(settings, waves)[0].shape[1]
+        assert all(pad_segments(settings, [w])[0].shape[1] == width for w in waves)
+        assert width * len(batch) <= embed.CPU_BATCH_SEC * SR or len(batch) == 1
+    assert sorted(map(sorted, cpu)) == [[0, 3, 8], [1], [2, 7], [4, 5], [6], [9]]
+    gpu = batch_plan(durations, settings=settings, device=torch.device("cuda"))
+    assert gpu == length_buckets(durations, batch_size=16, max_batch_sec=160.0)
+    assert len(gpu) < len(cpu)
+
+
+def test_cpu_batches_of_equal_width_are_capped_by_the_cpu_budget():
+    cpu = batch_plan([1.0] * 20, settings=EmbedSettings(batch_size=16), device=torch.device("cpu"))
+    assert [len(b) for b in cpu] == [8, 8, 4]  # 8 x 1 s = CPU_BATCH_SEC, not batch_size 16
+
+
 def test_batch_width_rounding_never_exceeds_whisper_window(tmp_path):
     """Widths are rounded up to 0.25 s; a segment just under Whisper's window (tiny config: 1.28 s)
     must still fit in one window (the padding past it is cut, not given positions)."""
@@ -204,3 +229,27 @@ def test_processes_sharing_a_cache_folder_take_turns(tmp_path):
     assert (folder / LOCK_FILE).is_file()
     with open(folder / LOCK_FILE) as handle:  # released after use
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+def test_concurrent_cpu_passes_equal_the_one_thread_loop(corpus, monkeypatch):
+    """With 2 torch threads the CPU loop runs 2 one-thread passes at once on one encoder; the masked
+    GroupNorm's per-call lengths are per thread, so every row equals the serial one-thread embedding."""
+    cfg = config("encoder.batch_size=1")  # one segment per batch: many passes to interleave
+    settings, encoder = EmbedSettings.from_config(cfg), build_cache_encoder(cfg)
+    corpus = [embed.as_audio_spec(row) for row in corpus]
+    serial = encode_rows(settings, encoder, corpus)
+    threads_seen = set()
+    original = SegmentEncoder.forward
+
+    def spying(self, waves, wave_lens):
+        threads_seen.add(threading.get_ident())
+        return original(self, waves, wave_lens)
+
+    monkeypatch.setattr(SegmentEncoder, "forward", spying)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        concurrent = encode_rows(settings, encoder, corpus)
+        assert torch.get_num_threads() == 2  # restored after the passes
+    finally:
+        torch.set_num_threads(before)
+    assert len(threads_seen) == 2
+    np.testing.assert_array_equal(concurrent, serial)

@@ -1,12 +1,13 @@
 """The one segment-embedding loop: segments (files + crops, or in-memory waves) -> SegmentEncoder
-embeddings [n, D], in length-bucketed batches padded to a 0.25-s width grid (few distinct shapes, little
-padding). The cache (ctxemo.embedding.cache), end-to-end training, bundles and live scoring all embed here,
+embeddings [n, D], in batches padded to a 0.25-s width grid (few distinct shapes) and planned by device
+(`batch_plan`: tight buckets on CPU, length buckets under `encoder.max_batch_sec` on a GPU). The cache (ctxemo.embedding.cache), end-to-end training, bundles and live scoring all embed here,
 so a segment gets the same embedding whichever path reads it.
 
 Leaf functions take `EmbedSettings` (the audio and batching fields they read), not the whole config.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,6 +25,9 @@ from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
 
 PAD_MULTIPLE_SEC = 0.25  # batch widths are rounded up to this (few distinct shapes: see pad_waves)
 MAX_PADDING_FRAC = 0.25  # a batch may pad at most this share of its real audio (see length_buckets)
+# CPU batches hold at most this much (padded) audio: 8 s of wav2vec2 frames (400) already fill the matmuls
+# of a base-size layer, while larger batches only add memory (a 16 x 15-s batch peaked at 3.6 GB).
+CPU_BATCH_SEC = 8.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,36 @@ def length_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch
     return batches
 
 
+def tight_buckets(durations_sec: Sequence[float], *, batch_size: int, max_batch_sec: float,
+                  grid_sec: float = PAD_MULTIPLE_SEC) -> List[List[int]]:
+    """Batches of segments that share one padded width on the `grid_sec` grid: no padding beyond what a
+    segment alone gets. At most `batch_size` segments and `max_batch_sec` of padded audio each; in
+    practice short segments are grouped (small matmuls are slow) and long ones go alone."""
+    by_width: Dict[int, List[int]] = {}
+    for i, d in enumerate(durations_sec):
+        by_width.setdefault(max(int(np.ceil(d / grid_sec - 1e-9)), 1), []).append(i)
+    batches: List[List[int]] = []
+    for cells in sorted(by_width):
+        per_batch = max(1, min(batch_size, int(max_batch_sec // (cells * grid_sec))))
+        members = by_width[cells]
+        batches.extend(members[j: j + per_batch] for j in range(0, len(members), per_batch))
+    return batches
+
+
+def batch_plan(durations_sec: Sequence[float], *, settings: EmbedSettings, device: torch.device) -> List[List[int]]:
+    """How segments are batched for `device`.
+
+    On a GPU wide batches buy parallelism, so segments are length-bucketed under `encoder.max_batch_sec`
+    (padding at most MAX_PADDING_FRAC). On CPU they buy none: every padded frame is work, and a wide
+    batch's activations are memory, so only equal-width segments share a batch, up to CPU_BATCH_SEC.
+    Segments longer than `encoder.max_chunk_sec` are cut into chunks inside the encoder either way.
+    """
+    if device.type == "cpu":
+        return tight_buckets(durations_sec, batch_size=settings.batch_size,
+                             max_batch_sec=min(settings.max_batch_sec, CPU_BATCH_SEC))
+    return length_buckets(durations_sec, batch_size=settings.batch_size, max_batch_sec=settings.max_batch_sec)
+
+
 def read_segment(settings: EmbedSettings, spec: AudioSpec) -> np.ndarray:
     """One segment's mono waveform, cropped, at the settings' sample rate from their channel."""
     from ctxemo.data.audio import read_audio
@@ -157,18 +191,40 @@ def pad_segments(settings: EmbedSettings, waves: Sequence[np.ndarray]) -> Tuple[
 def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load: Callable[[int], np.ndarray], *,
                   settings: EmbedSettings, device: Optional[str] = None, bar: Optional[tqdm] = None) -> np.ndarray:
     """The loop: embeddings [n, D] of segments 0..n-1 in order; `load(i)` gives segment i's waveform, read
-    only when its length bucket is encoded (a corpus is never held in memory at once)."""
+    only when its batch is encoded (a corpus is never held in memory at once).
+
+    On CPU the torch threads become concurrent passes of one thread each over different batches (one
+    encoder, shared weights): a base-size layer on one segment is too small an op to split well across
+    threads, and threads that spin in every op collapse when another job holds a core. Each row is the
+    one-thread embedding of its segment, whatever the thread count.
+    """
     target = resolve_device(device or settings.device)
     was_training = encoder.training
     encoder = encoder.to(target).eval()
     out = np.empty((len(durations_sec), encoder.output_dim), dtype=np.float32)
-    batches = length_buckets(durations_sec, batch_size=settings.batch_size, max_batch_sec=settings.max_batch_sec)
-    with torch.inference_mode():
-        for batch in batches:
+    batches = batch_plan(durations_sec, settings=settings, device=target)
+
+    def encode(batch: List[int]) -> None:
+        with torch.inference_mode():  # thread-local: entered by each pass
             padded, lens = pad_segments(settings, [load(i) for i in batch])
             out[batch] = encoder(padded.to(target), lens.to(target)).float().cpu().numpy()
-            if bar is not None:
-                bar.update(len(batch))
+        if bar is not None:
+            bar.update(len(batch))
+
+    # Torch encoders only: the openSMILE extractor that bundles pass in here is not known to be thread-safe.
+    concurrent = target.type == "cpu" and isinstance(encoder, SegmentEncoder)
+    passes = min(torch.get_num_threads(), len(batches)) if concurrent else 1
+    if passes <= 1:
+        for batch in batches:
+            encode(batch)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(passes) as pool:
+                list(pool.map(encode, batches))  # list(): re-raises a pass's error here
+        finally:
+            torch.set_num_threads(threads)
     encoder.train(was_training)  # a caller's encoder goes back the way it came
     return out
 

@@ -6,6 +6,7 @@ Legend: b = segments, t = samples or frames, m = mel bins, d = features, l = hid
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -22,6 +23,29 @@ from ctxemo.models.frontend import (
     normalize_waves,
 )
 
+_THREAD = threading.local()
+
+
+class PerThread:
+    """An attribute that holds one value per thread: the lengths a forward pass sets for its own duration.
+    On CPU the embedding loop runs several passes on one encoder at once (ctxemo.embedding.encode), and
+    one pass must not read another's lengths. Kept outside the instance so modules still deep-copy."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(_THREAD, "values", {}).get((id(obj), self.name))
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        values = _THREAD.__dict__.setdefault("values", {})
+        if value is None:
+            values.pop((id(obj), self.name), None)
+        else:
+            values[(id(obj), self.name)] = value
+
 
 class MaskedGroupNorm(nn.GroupNorm):
     """GroupNorm over time whose statistics skip padded frames.
@@ -33,15 +57,18 @@ class MaskedGroupNorm(nn.GroupNorm):
     nn.GroupNorm, so checkpoints load unchanged; without `frame_lens` it is plain GroupNorm.
     """
 
-    frame_lens: Optional[Tensor] = None
+    frame_lens = PerThread()  # Optional[Tensor], set by SSLUpstream.forward
 
     def forward(self, x: Tensor) -> Tensor:  # x: [b, c, t]
         if self.frame_lens is None:
             return super().forward(x)
         # One native group_norm per segment on its valid frames: bit-identical to encoding it alone, and
         # no [b, c, t]-sized temporaries (this is the largest activation of the whole model).
-        out = torch.zeros_like(x)
+        # Without autograd (embedding) the result overwrites the conv output it came from: one copy of
+        # this tensor fewer at the memory peak (the conv does not keep its output for a backward pass).
+        out = x if torch.is_inference_mode_enabled() else torch.zeros_like(x)
         for i, n in enumerate(self.frame_lens.tolist()):
+            out[i, :, n:] = 0
             out[i: i + 1, :, :n] = nn.functional.group_norm(x[i: i + 1, :, :n], self.num_groups, self.weight,
                                                             self.bias, self.eps)
         return out
@@ -79,6 +106,7 @@ class SSLUpstream(Upstream):
 
     cnn_prefixes = ("feature_extractor.",)
     fixed_prefixes = ("feature_extractor.",)
+    _frame_lens = PerThread()  # Optional[Tensor], set for the duration of forward
 
     def __init__(self, *, family: str, model: nn.Module, normalize_waveform: bool, max_chunk_samples: int):
         super().__init__()
@@ -103,7 +131,6 @@ class SSLUpstream(Upstream):
         # data2vec-audio's positional embedding is a stack of convs with LayerNorm + GELU between them:
         # a padded frame leaves layer 1 non-zero and leaks into layer 2's window at the segment's end,
         # where encoding alone would see zero padding. Re-zero padded frames after each layer.
-        self._frame_lens: Optional[Tensor] = None
         pos_conv = getattr(model.encoder, "pos_conv_embed", None)
         for layer in getattr(pos_conv, "layers", []):
             layer.register_forward_hook(self._zero_padded_frames)

@@ -15,7 +15,13 @@ from ctxemo.embedding.corpus import CorpusData, load_corpus
 from ctxemo.errors import ConfigError
 from ctxemo.reports.comparison import finish_comparison, write_comparison
 from ctxemo.runinfo import RunFolder, start_run
-from ctxemo.studies.cv import get_folds, run_cv, selected_folds
+from ctxemo.studies.cv import (
+    get_folds,
+    plan_cv,
+    plan_workers,
+    run_plans,
+    selected_folds,
+)
 from ctxemo.training import distributed
 
 
@@ -76,14 +82,16 @@ def run_ablation(cfg: DictConfig, run_dir: Path, *, folder: Optional[RunFolder] 
         selected_folds(first_cfg, first, get_folds(first.manifest, folds_path, n_folds=cfg.cv.folds, seed=cfg.seed))
         if main:
             folder.start(command=command, inputs=first.inputs)
-    summaries: Dict[str, Dict] = {}
+    plans = []
     for arm, arm_cfg in arm_cfgs.items():
         data = corpus(arm_cfg)
         arm_dir = start_run(run_dir / arm, arm_cfg, command="ablate-arm", inputs=data.inputs) if main else run_dir / arm
         if main:
             log(f"[ablate] arm {arm!r}: {' '.join(arms[arm]) or '(base config)'}")
-        summaries[arm] = run_cv(arm_cfg, arm_dir, data=data, folds_path=folds_path, progress=progress and main,
-                                log=log)
+        plans.append(plan_cv(arm_cfg, arm_dir, data=data, folds_path=folds_path, progress=progress and main, log=log))
+    # Every arm's folds in one pool of workers (cv.workers), so that no core waits for a slow arm.
+    workers = min(plan_workers(plan.cfg) for plan in plans)
+    summaries = dict(zip(arms, run_plans(plans, workers=workers, progress=progress and main, log=log)))
     if not distributed.is_main():
         return {"reference": reference, "arms": summaries}
     result = write_comparison(run_dir, summaries, reference=reference, log=log)

@@ -6,8 +6,10 @@ The test fold is touched exactly once per fold, after training and threshold tun
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
@@ -41,6 +43,7 @@ from ctxemo.runinfo import RunFolder
 from ctxemo.taxonomy import Taxonomy
 from ctxemo.training import distributed
 from ctxemo.training.crossfit import discard_checkpoints, inner_splits, train_fold_model
+from ctxemo.training.workers import resolve_workers, run_jobs
 
 # ----------------------------------------------------------------------------- folds
 
@@ -133,18 +136,26 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     return metrics
 
 
-def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
-           folder: Optional[RunFolder] = None, progress: bool = True, log=print) -> Dict:
-    """K-fold caller-grouped CV of one configuration; finished folds are skipped on a rerun.
+@dataclass
+class CVPlan:
+    """One configuration's CV, ready to run: its data, folds and the folds selected (finished or not)."""
 
-    Args:
-        run_dir: output folder (per-fold subfolders, summary.{json,csv,md}).
-        data: manifest + features, if already loaded (ablations share one).
-        folds_path: folds file shared between arms (default run_dir/folds.json).
-        folder: the run folder's guard (`ctxemo cv`): checks the inputs before they are embedded and writes
-            config.yaml and run.json once the folds are known to be possible. None: the caller did that.
-    Returns:
-        summary dict {metric: {mean, std, folds}}.
+    cfg: DictConfig
+    run_dir: Path
+    data: CorpusData
+    folds: List[np.ndarray]
+    selected: List[int]
+
+    def finished(self, k: int) -> bool:
+        return (self.run_dir / f"fold{k}" / "metrics.json").is_file()
+
+
+def plan_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
+            folder: Optional[RunFolder] = None, progress: bool = True, log=print) -> CVPlan:
+    """Load the data (unless given), fix and check the folds, write their prevalences; trains nothing.
+
+    folder: the run folder's guard (`ctxemo cv`): checks the inputs before they are embedded and writes
+    config.yaml and run.json once the folds are known to be possible. None: the caller did that.
     """
     run_dir = Path(run_dir)
     distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
@@ -172,16 +183,72 @@ def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None,
         note = resume_note(run_dir, selected)
         if note:
             log(f"[resume] {note}")
-    per_fold = []
-    for k in selected:
-        fold_dir = run_dir / f"fold{k}"
-        if (fold_dir / "metrics.json").is_file():
-            metrics = read_json(fold_dir / "metrics.json")
-        else:
-            metrics = run_fold(cfg, data, fold=k, test_rows=folds[k], fold_dir=fold_dir, progress=progress)
-        per_fold.append(headline(metrics))
-    summary = summarize_folds(per_fold)
-    if distributed.is_main():
-        write_json(run_dir / "summary.json", summary)
-        write_summary_tables(run_dir, summary, metrics=HEADLINE)
-    return summary
+    return CVPlan(cfg, run_dir, data, folds, selected)
+
+
+def run_plans(plans: Sequence[CVPlan], *, workers: int, progress: bool = True, log=print) -> List[Dict]:
+    """Every unfinished fold of every plan (e.g. an ablation's arms) as one pool of jobs on `workers`
+    processes (training/workers.py); each plan's summary is written as soon as its last fold is done
+    (serially: before the next arm starts, so a killed ablation keeps its finished arms). Finished folds
+    are read, not rerun."""
+    jobs, owners = [], []
+    for p, plan in enumerate(plans):
+        for k in plan.selected:
+            if not plan.finished(k):
+                # Bars only in the serial loop: parallel bars would interleave.
+                jobs.append(partial(_fold_job, plan, k, progress=progress and workers <= 1))
+                owners.append((p, k))
+
+    computed: Dict = {}
+    remaining = [sum(owner == p for owner, _ in owners) for p in range(len(plans))]
+    summaries: Dict[int, Dict] = {}
+
+    def finish(p: int) -> None:
+        plan = plans[p]
+        per_fold = [headline(computed[(p, k)] if (p, k) in computed
+                             else read_json(plan.run_dir / f"fold{k}" / "metrics.json")) for k in plan.selected]
+        summaries[p] = summarize_folds(per_fold)
+        if distributed.is_main():
+            write_json(plan.run_dir / "summary.json", summaries[p])
+            write_summary_tables(plan.run_dir, summaries[p], metrics=HEADLINE)
+
+    def on_done(i: int, metrics: Dict) -> None:
+        p, k = owners[i]
+        computed[(p, k)] = metrics
+        remaining[p] -= 1
+        if progress and workers > 1 and distributed.is_main():  # parallel runs have no bars: a line per fold
+            log(f"[cv] {plans[p].run_dir.name} fold {k} done ({len(computed)}/{len(jobs)} on {workers} workers)")
+        if remaining[p] == 0:
+            finish(p)
+
+    for p in range(len(plans)):
+        if remaining[p] == 0:
+            finish(p)
+    run_jobs(jobs, workers=workers, on_done=on_done)
+    return [summaries[p] for p in range(len(plans))]
+
+
+def _fold_job(plan: CVPlan, k: int, *, progress: bool) -> Dict:
+    return run_fold(plan.cfg, plan.data, fold=k, test_rows=plan.folds[k], fold_dir=plan.run_dir / f"fold{k}",
+                    progress=progress)
+
+
+def plan_workers(cfg: DictConfig) -> int:
+    """How many processes run the folds (`cv.workers`, see ctxemo.training.workers)."""
+    return resolve_workers(int(cfg.cv.workers), device=str(cfg.train.device))
+
+
+def run_cv(cfg: DictConfig, run_dir: Path, *, data: Optional[CorpusData] = None, folds_path: Optional[Path] = None,
+           folder: Optional[RunFolder] = None, progress: bool = True, log=print) -> Dict:
+    """K-fold caller-grouped CV of one configuration; finished folds are skipped on a rerun.
+
+    Args:
+        run_dir: output folder (per-fold subfolders, summary.{json,csv,md}).
+        data: manifest + features, if already loaded (ablations share one).
+        folds_path: folds file shared between arms (default run_dir/folds.json).
+        folder: the run folder's guard (see plan_cv).
+    Returns:
+        summary dict {metric: {mean, std, folds}}.
+    """
+    plan = plan_cv(cfg, run_dir, data=data, folds_path=folds_path, folder=folder, progress=progress, log=log)
+    return run_plans([plan], workers=plan_workers(cfg), progress=progress, log=log)[0]
