@@ -28,6 +28,7 @@ import platform
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -128,7 +129,7 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     plans = [plan_cv(load_config(overrides=overrides, base=cfg), runs / arm, data=data,
                      folds_path=runs / "folds.json", progress=False) for arm, overrides in ARMS.items()]
     start = time.perf_counter()
-    summaries = run_plans(plans, workers=job["workers"], progress=False)
+    summaries = run_plans(plans, workers=out["workers"], progress=False)  # cv.workers=0 resolved to the cores
     out["cv_s"] = time.perf_counter() - start
     for arm, summary in zip(ARMS, summaries):
         epochs = [json.loads((runs / arm / f"fold{k}" / "metrics.json").read_text())["epochs_run"]
@@ -156,8 +157,9 @@ def run_size(scale: float, args) -> List[Dict[str, Any]]:
         for workers in args.workers:
             job = dict(folder=tmp, config=str(args.config) if args.config else None, folds=args.folds,
                        threads=args.threads, overrides=args.overrides, workers=workers)
-            with mp.get_context("spawn").Pool(1) as pool:
-                out.append({"scale": scale, **sizes, **pool.apply(worker, (job,))})
+            # Not a multiprocessing.Pool: its daemonic children may not fork the cv.workers processes.
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                out.append({"scale": scale, **sizes, **pool.submit(worker, job).result()})
     return out
 
 
