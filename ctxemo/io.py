@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def swap_in_folder(built: Path, target: Path) -> Path:
+    """Put a fully written temp folder `built` in place of `target` (bundles, exports): the old folder is
+    renamed aside first and removed only after the rename, so a reader never sees half of either."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    built.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def write_text(path: str | Path, text: str) -> Path:

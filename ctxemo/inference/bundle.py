@@ -44,7 +44,7 @@ from ctxemo.embedding.opensmile_features import (
 from ctxemo.embedding.opensmile_features import embed_waves as embed_functionals
 from ctxemo.errors import BundleError, ConfigError, CtxemoError
 from ctxemo.evaluation.evaluate import Thresholds, segment_labels
-from ctxemo.io import file_sha256, json_text
+from ctxemo.io import file_sha256, json_text, swap_in_folder
 from ctxemo.models.call_model import CallModel, build_call_model, forward_windowed
 from ctxemo.models.ensemble import EnsembleCallModel
 from ctxemo.taxonomy import Taxonomy
@@ -391,11 +391,7 @@ def save_bundle(folder: str | Path, *, cfg: DictConfig, model: CallModel, thresh
             "smoother": None if smoother is None else smoother.state(),
             "calibration": None if calibrator is None else calibrator.state(),
         })
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -13,7 +13,6 @@ other than those traced.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +34,7 @@ from ctxemo.inference.onnx_bundle import (
     POOL_FILE,
     load_onnx_bundle,
 )
-from ctxemo.io import file_sha256
+from ctxemo.io import file_sha256, swap_in_folder, write_json
 from ctxemo.models.call_model import CallModel
 from ctxemo.models.featurizer import mix_layers
 from ctxemo.models.segment_encoder import SegmentEncoder
@@ -172,14 +171,10 @@ def export_onnx(bundle: Bundle | str | Path, out_dir: str | Path, *, check: bool
         if encoder_meta:
             meta.update(encoder_min_samples=encoder_meta["min_samples"],
                         max_chunk_samples=encoder_meta["max_chunk_samples"])
-        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / EXPORT_FILE, meta)
         if check:
             _check_export(bundle, tmp)
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
