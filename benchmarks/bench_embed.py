@@ -52,13 +52,13 @@ BASE_CONFIGS: Dict[str, Dict[str, Any]] = {
 MATMUL_N = 2048  # the roofline's dense fp32 matmul: N x N @ N x N
 
 
-def matmul_gflops(repeats: int = 5) -> float:
-    """This process's best dense fp32 matmul rate (GFLOP/s) on its torch threads: the better of one N^3
+def matmul_gflops(repeats: int = 5, dtype: str = "float32") -> float:
+    """This process's best dense matmul rate (GFLOP/s) in `dtype` on its torch threads: the better of one N^3
     matmul on all of them and one one-thread matmul per thread at once (how ctxemo's CPU loop runs)."""
     import torch
 
     threads = torch.get_num_threads()
-    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+    a, b = (torch.randn(MATMUL_N, MATMUL_N, dtype=getattr(torch, dtype)) for _ in range(2))
 
     def best_rate(step, flops: float) -> float:
         best = float("inf")
@@ -155,10 +155,15 @@ def make_corpus(folder: Path, *, count: int, min_sec: float, max_sec: float, see
     return paths
 
 
-def _config(family: str, cache_layers: str = "last"):
+# The ways measured: the seed study's loop, and ctxemo's pass at each `encoder.precision`.
+WAYS = {"seed": "float32", "ours": "float32", "ours_bf16": "bfloat16"}
+
+
+def _config(family: str, cache_layers: str = "last", precision: str = "float32"):
     from ctxemo.config import load_config
 
-    cfg = load_config(overrides=[f"encoder.family={family}", f"encoder.layers={cache_layers}", "encoder.pooling=mean"])
+    cfg = load_config(overrides=[f"encoder.family={family}", f"encoder.layers={cache_layers}", "encoder.pooling=mean",
+                                 f"encoder.precision={precision}"])
     cfg.encoder.model_config = BASE_CONFIGS[family]
     return cfg
 
@@ -173,7 +178,8 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
 
     torch.set_num_threads(job["threads"])
     paths = [Path(p) for p in job["paths"]]
-    cfg = _config(job["family"])
+    precision = WAYS[job["way"]]
+    cfg = _config(job["family"], precision=precision)
     from ctxemo.embedding.cache import embed_manifest
     from ctxemo.embedding.encode import build_cache_encoder
 
@@ -181,9 +187,9 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
     encoder = build_cache_encoder(cfg)
     model = encoder.upstream.model.eval()
     counter = PassCounter(model, job["family"])
-    roof_before = matmul_gflops()
+    roof_before = matmul_gflops(dtype=precision)
     out: Dict[str, Any] = {}
-    if job["way"] == "ours":
+    if job["way"] != "seed":
         rows = [(p, None, None) for p in paths]
         start = time.perf_counter()
         feats = embed_manifest(cfg, rows, cache_dir=job["cache"], progress=False, encoder=encoder)
@@ -209,7 +215,7 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
                 rows_out.append(hidden.mean(dim=1)[0].numpy())
         seconds = time.perf_counter() - start
         feats = np.stack(rows_out)
-    roof = max(roof_before, matmul_gflops())  # the load may change during the pass: the better of the two
+    roof = max(roof_before, matmul_gflops(dtype=precision))  # the load may change during the pass: the better
     return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "feats": feats.tolist(), "matmul_gflops": roof,
             **counter.report(seconds, roof), **out}
 
@@ -227,7 +233,10 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(BASE_CONFIGS), choices=sorted(BASE_CONFIGS))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per measurement")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate seed/ours runs, report the medians")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the ways' runs, report the medians")
+    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS),
+                        help="seed: the seed study's loop; ours / ours_bf16: ctxemo at encoder.precision "
+                             "float32 / bfloat16 (its roofline is the bf16 matmul rate)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,25 +248,30 @@ def main() -> None:
         summary = {}
         for family in args.families:
             common = dict(family=family, threads=args.threads, paths=[str(p) for p in paths])
-            runs: Dict[str, List[Dict[str, Any]]] = {"seed": [], "ours": []}
-            for rep in range(args.repeats):  # alternate: both ways see the same drift of a shared machine's load
-                runs["seed"].append(run({**common, "way": "seed"}))
-                runs["ours"].append(run({**common, "way": "ours", "cache": str(Path(tmp) / f"cache-{family}-{rep}")}))
+            ways = ["seed", *[w for w in args.ways if w != "seed"]]  # every ratio is against the seed way
+            runs: Dict[str, List[Dict[str, Any]]] = {way: [] for way in ways}
+            for rep in range(args.repeats):  # alternate: every way sees the same drift of a shared machine's load
+                for way in ways:
+                    runs[way].append(run({**common, "way": way, "cache": str(Path(tmp) / f"cache-{family}-{way}-{rep}")}))
             med = {way: {key: float(np.median([r[key] for r in rs])) for key in rs[0] if key != "feats"}
                    for way, rs in runs.items()}
-            seed, ours = med["seed"], med["ours"]
-            diff = float(np.abs(np.array(runs["seed"][0]["feats"]) - np.array(runs["ours"][0]["feats"])).max())
-            ratio = seed["seconds"] / ours["seconds"]
-            summary[family] = dict(seed=seed, ours=ours, ratio=ratio, max_abs_diff=diff,
-                                   seed_seconds_each=[r["seconds"] for r in runs["seed"]],
-                                   ours_seconds_each=[r["seconds"] for r in runs["ours"]])
+            seed = med["seed"]
+            summary[family] = {"seed": seed, "seed_seconds_each": [r["seconds"] for r in runs["seed"]]}
             print(f"{family:9s} seed way {args.count / seed['seconds']:6.2f} seg/s ({seed['seconds']:6.1f} s, "
-                  f"peak RSS {seed['peak_rss_mb']:5.0f} MB) | ours {args.count / ours['seconds']:6.2f} seg/s "
-                  f"({ours['seconds']:6.1f} s, peak RSS {ours['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.2f}x | "
-                  f"cache hit {ours['cached_seconds'] * 1000:.0f} ms | max |seed - ours| {diff:.1e}", flush=True)
-            for way, m in (("seed", seed), ("ours", ours)):
-                print(f"  roofline {way:4s}: {m['gflop']:7.0f} GFLOP counted, pass {m['pass_gflops']:5.1f} GFLOP/s "
-                      f"({m['pass_of_roof']:4.0%} of the {m['matmul_gflops']:.0f} GFLOP/s fp32 matmul rate); "
+                  f"peak RSS {seed['peak_rss_mb']:5.0f} MB)", flush=True)
+            for way in ways[1:]:
+                m = med[way]
+                diff = float(np.abs(np.array(runs["seed"][0]["feats"]) - np.array(runs[way][0]["feats"])).max())
+                ratio = seed["seconds"] / m["seconds"]
+                summary[family][way] = dict(m, ratio=ratio, max_abs_diff=diff,
+                                            seconds_each=[r["seconds"] for r in runs[way]])
+                print(f"  {way:9s} {args.count / m['seconds']:6.2f} seg/s ({m['seconds']:6.1f} s, peak RSS "
+                      f"{m['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.2f}x | cache hit {m['cached_seconds'] * 1000:.0f} "
+                      f"ms | max |seed - {way}| {diff:.1e}", flush=True)
+            for way in ways:
+                m = med[way]
+                print(f"  roofline {way:9s}: {m['gflop']:7.0f} GFLOP counted, pass {m['pass_gflops']:5.1f} GFLOP/s "
+                      f"({m['pass_of_roof']:4.0%} of the {m['matmul_gflops']:.0f} GFLOP/s {WAYS[way]} matmul rate); "
                       f"transformer layers {m['layers_gflops']:5.1f} GFLOP/s ({m['layers_of_roof']:4.0%}), "
                       f"{m['layers_share_of_time']:4.0%} of the time", flush=True)
         print(f"load average at end {os.getloadavg()[0]:.1f}")

@@ -77,6 +77,12 @@ class EncoderConfig:
     max_chunk_sec: float = 20.0  # longer segments are encoded in chunks and pooled across them
     batch_size: int = 16
     max_batch_sec: float = 160.0  # total audio seconds per embedding batch (bucketed by length)
+    # float32 | bfloat16: the arithmetic of the embedding pass (cache, predict, live; training keeps its own
+    # rule). bfloat16 runs the matmuls and convolutions in bf16 (fp32 accumulation; norms, spectra and
+    # pooling stay fp32): on a CPU with AVX512-BF16 or AMX about 2x the segments/s of float32, on a GPU the
+    # tensor cores; embeddings move by ~1e-5 in cosine (benchmarks/README.md, bench_embed.py). On a CPU
+    # without native bf16 it is slower: keep float32 there.
+    precision: str = "float32"
 
 
 @dataclass
@@ -263,6 +269,7 @@ BASELINES: Dict[str, List[str]] = {mode: [f"train.mode={mode}", "context.kind=id
 # Closed sets of values, checked after every merge (a typo must not silently pick a default).
 ENCODER_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")  # models.backbones.FAMILIES
 FEATURE_FAMILIES = ("opensmile",)  # fixed feature extractors (embedding.opensmile_features), not backbones
+EMBED_PRECISIONS = ("float32", "bfloat16")  # device.embedding_autocast
 CONTEXT_KINDS = ("identity", "call_norm", "transformer", "smooth")  # models.context (smooth: training.smoothing)
 LOSS_KINDS = ("cb_focal", "focal", "bce", "weighted_bce")  # training.losses
 CHOICES: Dict[str, Sequence[str]] = {
@@ -270,6 +277,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "encoder.feature_set": ("egemaps", "compare"),  # embedding.opensmile_features.FEATURE_SETS
     "encoder.pooling": ("mean", "attentive_stats"),
     "encoder.finetune": ("frozen", "lora", "full"),
+    "encoder.precision": EMBED_PRECISIONS,
     "context.kind": CONTEXT_KINDS,
     "head.binary_from": ("head", "fine", "mean"),
     "loss.kind": LOSS_KINDS,

@@ -20,7 +20,7 @@ from ctxemo.embedding.encode import (
     length_buckets,
     pad_segments,
 )
-from ctxemo.errors import AudioError
+from ctxemo.errors import AudioError, ConfigError
 from ctxemo.models.frontend import pad_waves
 from ctxemo.models.segment_encoder import SegmentEncoder
 
@@ -253,3 +253,25 @@ def test_concurrent_cpu_passes_equal_the_one_thread_loop(corpus, monkeypatch):
         torch.set_num_threads(before)
     assert len(threads_seen) == 2
     np.testing.assert_array_equal(concurrent, serial)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_bfloat16_pass_stays_close_to_float32_and_gets_its_own_cache(corpus, tmp_path, family):
+    """encoder.precision=bfloat16: the backbone's weights are stored in bf16 and the pass runs under bf16
+    autocast; the rows come back float32 and within bf16 rounding of the exact pass, in their own cache."""
+    exact_cfg, bf16_cfg = config(f"encoder.family={family}"), config(f"encoder.family={family}",
+                                                                     "encoder.precision=bfloat16")
+    encoder = build_cache_encoder(bf16_cfg)
+    assert {p.dtype for p in encoder.upstream.model.parameters()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for n, p in encoder.named_parameters() if not n.startswith("upstream."))
+    exact = embed_manifest(exact_cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    rounded = embed_manifest(bf16_cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    assert rounded.dtype == np.float32 and len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.array_equal(rounded, exact)  # the switch really changes the arithmetic
+    cosine = (rounded * exact).sum(1) / np.linalg.norm(rounded, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.999, cosine
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="encoder.precision"):
+        config("encoder.precision=float16")

@@ -38,6 +38,26 @@ def test_parallel_ablation_equals_serial(features_config, tmp_path):
         assert runs[1][name] == runs[2][name], name
 
 
+def test_parallel_jobs_start_with_the_costliest_arm(features_config, tmp_path, monkeypatch):
+    """With workers the contextual arm's folds are handed out first (a long fold started last leaves the
+    other workers idle); the serial loop keeps the arms' order, so a killed ablation keeps whole arms."""
+    import ctxemo.studies.cv as cv
+
+    handed_out = {}
+
+    def recording(jobs, *, workers, on_done=None):
+        handed_out[workers] = [job.args[0].cfg.context.kind for job in jobs]
+        return run_jobs(jobs, workers=1, on_done=on_done)  # run here: the order is what is tested
+
+    monkeypatch.setattr(cv, "run_jobs", recording)
+    for workers in (1, 2):
+        cfg = load_config([features_config], [*ARMS, "train.epochs=1", f"cv.workers={workers}"])
+        run_ablation(cfg, tmp_path / f"w{workers}", progress=False, log=lambda *a: None)
+    contextual = handed_out[2].count("transformer")
+    assert contextual == 3 and handed_out[2][:contextual] == ["transformer"] * contextual
+    assert handed_out[1][0] == "identity" and handed_out[1] != handed_out[2]
+
+
 def test_jobs_run_in_one_thread_processes_and_keep_their_order():
     out = run_jobs([lambda i=i: (i, os.getpid(), torch.get_num_threads()) for i in range(4)], workers=2)
     assert [i for i, _, _ in out] == [0, 1, 2, 3]

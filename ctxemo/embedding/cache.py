@@ -91,7 +91,7 @@ def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = 
 
     Included: family, source/revision/weights identity, the effective model config for random init
     (tiny defaults merged) and the seed, layers, pooling, normalize_waveform, whisper_pad_to_30s,
-    max_chunk_sec, data.sample_rate/channel/min_segment_sec, torch + transformers versions, and for a
+    max_chunk_sec, precision, data.sample_rate/channel/min_segment_sec, torch + transformers versions, and for a
     caller-supplied (fine-tuned) encoder a hash of its trainable tensors. Left out: batch sizes,
     offline, gradient checkpointing, and finetune/lora for a freshly built encoder (LoRA starts as a no-op).
     Returns:
@@ -113,6 +113,8 @@ def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = 
     }
     if cfg.data.get("telephone_share", 0.0):  # only when set: older caches keep their fingerprints
         description["telephone_share"] = float(cfg.data.telephone_share)
+    if enc.precision != "float32":  # only when set, as above
+        description["precision"] = enc.precision
     if encoder is not None:
         digest = hashlib.sha256()
         for name, tensor in sorted(encoder.trainable_state_dict().items()):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ctxemo.data.audio import audio_info
 from ctxemo.data.short_segments import min_segment_samples
-from ctxemo.device import resolve_device
+from ctxemo.device import embedding_autocast, resolve_device
 from ctxemo.models.frontend import pad_waves
 from ctxemo.models.segment_encoder import SegmentEncoder, as_encoder_config
 
@@ -41,6 +41,7 @@ class EmbedSettings:
     max_batch_sec: float = 160.0
     device: str = "auto"
     telephone_share: float = 0.0  # data.telephone_share
+    precision: str = "float32"  # encoder.precision
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EmbedSettings":
@@ -48,7 +49,8 @@ class EmbedSettings:
                    min_segment_sec=float(cfg.data.min_segment_sec), batch_size=int(cfg.encoder.batch_size),
                    max_batch_sec=float(cfg.encoder.max_batch_sec),
                    device=str(OmegaConf.select(cfg, "train.device", default="auto")),
-                   telephone_share=float(OmegaConf.select(cfg, "data.telephone_share", default=0.0)))
+                   telephone_share=float(OmegaConf.select(cfg, "data.telephone_share", default=0.0)),
+                   precision=str(OmegaConf.select(cfg, "encoder.precision", default="float32")))
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,13 @@ def as_audio_spec(row: RowLike) -> AudioSpec:
 
 
 def build_cache_encoder(cfg: DictConfig) -> SegmentEncoder:
-    """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init."""
-    return build_seeded_encoder(cfg, finetune="frozen", gradient_checkpointing=False)
+    """A fresh encoder for embedding: frozen (LoRA would start as a no-op anyway), seeded random init.
+    With `encoder.precision: bfloat16` the backbone's weights are stored in bf16: half the memory, and no
+    per-op cast of every weight under autocast (the layer weights and pooling stay float32)."""
+    encoder = build_seeded_encoder(cfg, finetune="frozen", gradient_checkpointing=False)
+    if str(OmegaConf.select(cfg, "encoder.precision", default="float32")) == "bfloat16":
+        encoder.upstream.model.to(torch.bfloat16)
+    return encoder
 
 
 def build_seeded_encoder(cfg: DictConfig, **overrides: Any) -> SegmentEncoder:
@@ -205,7 +212,8 @@ def embed_batches(encoder: SegmentEncoder, durations_sec: Sequence[float], load:
     batches = batch_plan(durations_sec, settings=settings, device=target)
 
     def encode(batch: List[int]) -> None:
-        with torch.inference_mode():  # thread-local: entered by each pass
+        # Both thread-local: entered by each pass.
+        with torch.inference_mode(), embedding_autocast(target, settings.precision):
             padded, lens = pad_segments(settings, [load(i) for i in batch])
             out[batch] = encoder(padded.to(target), lens.to(target)).float().cpu().numpy()
         if bar is not None:

@@ -39,8 +39,9 @@ def mix_layers(hidden: List[Tensor], layers: Union[str, int], weights: Optional[
     if isinstance(layers, int):
         return hidden[layers]
     softmax = torch.softmax(weights, dim=0)
-    # A running sum, not torch.stack: no [l, b, t, d] copy of all layers.
-    mixed = softmax[0] * hidden[0]
+    # A running sum, not torch.stack: no [l, b, t, d] copy of all layers. In float32 even when the backbone
+    # ran in bf16 (encoder.precision): a 0-dim weight would not promote the sum out of bf16.
+    mixed = softmax[0] * hidden[0].float()
     for weight, state in zip(softmax[1:], hidden[1:]):
-        mixed = mixed + weight * state
+        mixed = mixed + weight * state.float()
     return mixed

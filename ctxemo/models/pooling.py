@@ -42,6 +42,7 @@ class MeanPooling(nn.Module):
             float [b, d].
         """
         _check(frames, frame_mask)
+        frames = frames.float()  # a bf16 sum over hundreds of frames would lose digits (encoder.precision)
         weights = rearrange(frame_mask, "b t -> b t 1").to(frames.dtype)
         # where() rather than multiply: 0 * inf in a padded frame would still poison the sum.
         total = torch.where(weights.bool(), frames, torch.zeros_like(frames)).sum(dim=1)
