@@ -50,6 +50,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def remove_leftover_temps(folder: str | Path) -> int:
+    """Remove the `atomic_path` temp files (`.name.*.tmp`) a killed process left in `folder`; how many.
+    Only where one writer owns the folder at a time (a cache folder under its lock, a fold's own job), or
+    another writer's file in flight would go too."""
+    folder = Path(folder)
+    leftovers = list(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 def swap_in_folder(built: Path, target: Path) -> Path:
     """Put a fully written temp folder `built` in place of `target` (bundles, exports): the old folder is
     renamed aside first and removed only after the rename, so a reader never sees half of either."""

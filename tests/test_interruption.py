@@ -202,6 +202,7 @@ def test_embed_killed_mid_shard_resumes_to_the_same_embeddings(tmp_path, small_s
     assert resumed.shape == (n_rows, 32)
     np.testing.assert_array_equal(resumed, whole)
     assert not list(cache.rglob("partial/shard-*.npy"))  # cleaned up once complete
+    assert not list(cache.rglob(".*.tmp"))  # and the killed call's temp file with them
     assert_nothing_torn(tmp_path / "killed")
 
 
@@ -237,6 +238,7 @@ def test_cv_killed_while_writing_a_fold_marker_resumes_to_the_same_results(tmp_p
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     _assert_same_folds(per_fold(resumed), per_fold(whole))
     assert not list(killed.rglob("checkpoint.pt"))
+    assert not list(killed.rglob(".*.tmp"))  # the killed attempt's half-written marker is gone
     assert_nothing_torn(killed)
 
 

@@ -36,7 +36,7 @@ from ctxemo.embedding.encode import (
     encode_rows,
 )
 from ctxemo.errors import AudioError, ConfigError
-from ctxemo.io import save_npy, write_text
+from ctxemo.io import remove_leftover_temps, save_npy, write_text
 from ctxemo.models.backbones import (
     check_local_folder,
     resolve_source,
@@ -292,6 +292,8 @@ def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path,
     write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
     for path in partial.glob("shard-*.npy") if partial.is_dir() else []:
         path.unlink(missing_ok=True)
+    for place in (partial, folder):  # what an interrupted earlier call was writing when it died
+        remove_leftover_temps(place)
     return out
 
 

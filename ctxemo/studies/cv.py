@@ -37,7 +37,7 @@ from ctxemo.evaluation.evaluate import (
 from ctxemo.evaluation.metrics import (
     summarize_folds,
 )
-from ctxemo.io import atomic_path, read_json, write_json
+from ctxemo.io import atomic_path, read_json, remove_leftover_temps, write_json
 from ctxemo.reports.tables import write_predictions, write_summary_tables
 from ctxemo.runinfo import RunFolder
 from ctxemo.taxonomy import Taxonomy
@@ -133,6 +133,7 @@ def run_fold(cfg: DictConfig, data: CorpusData, *, fold: int, test_rows: np.ndar
     # metrics.json last: its presence marks the fold finished (a resumed run skips it).
     write_json(fold_dir / "metrics.json", metrics)
     discard_checkpoints(fold_dir)  # no longer needed once the fold is done
+    remove_leftover_temps(fold_dir)  # an earlier, killed attempt's half-written files
     return metrics
 
 
