@@ -20,6 +20,7 @@ from typing import Dict
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ctxemo import __version__
@@ -194,7 +195,10 @@ def _export_encoder(bundle: Bundle, folder: Path) -> Dict[str, object]:
     _export(FramePooling(merged), (frames,), folder / POOL_FILE, inputs=["frames"], outputs=["embedding"],
             dynamic={"frames": {1: "frames"}})
     upstream = merged.upstream
+    # The graphs compute in float32 whatever `encoder.precision` the bundle embeds with: a bf16 bundle's
+    # export then scores like its exact float32 twin (within bf16 rounding of the bundle's own scores).
     return {"family": str(bundle.cfg.encoder.family), "lora_merged": encoder.lora is not None,
+            "precision": "float32", "bundle_precision": str(OmegaConf.select(bundle.cfg, "encoder.precision", default="float32")),
             "min_samples": int(upstream.min_samples), "max_chunk_samples": int(upstream.max_chunk_samples)}
 
 
