@@ -30,7 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -52,28 +52,34 @@ BASE_CONFIGS: Dict[str, Dict[str, Any]] = {
 MATMUL_N = 2048  # the roofline's dense fp32 matmul: N x N @ N x N
 
 
-def matmul_gflops(repeats: int = 5, dtype: str = "float32") -> float:
-    """This process's best dense matmul rate (GFLOP/s) in `dtype` on its torch threads: the better of one N^3
+def best_rate(step: Callable[[], Any], flops: float, *, repeats: int = 5,
+              sync: Callable[[], Any] = lambda: None) -> float:
+    """GFLOP/s of the fastest of `repeats` calls of `step` (after one warm-up call), `flops` each; `sync`
+    waits for queued work (torch.cuda.synchronize on a GPU, where calls return before the work is done)."""
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def matmul_gflops(repeats: int = 5, dtype: str = "float32", n: int = MATMUL_N) -> float:
+    """This process's best dense matmul rate (GFLOP/s) in `dtype` on its torch threads: the better of one n^3
     matmul on all of them and one one-thread matmul per thread at once (how ctxemo's CPU loop runs)."""
     import torch
 
     threads = torch.get_num_threads()
-    a, b = (torch.randn(MATMUL_N, MATMUL_N, dtype=getattr(torch, dtype)) for _ in range(2))
-
-    def best_rate(step, flops: float) -> float:
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first is a warm-up
-            start = time.perf_counter()
-            step()
-            best = min(best, time.perf_counter() - start)
-        return flops / best / 1e9
-
-    flops = 2 * MATMUL_N ** 3
-    one = best_rate(lambda: torch.mm(a, b), flops)
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
+    flops = 2 * n ** 3
+    one = best_rate(lambda: torch.mm(a, b), flops, repeats=repeats)
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            concurrent = best_rate(lambda: list(pool.map(lambda _: torch.mm(a, b), range(threads))), threads * flops)
+            concurrent = best_rate(lambda: list(pool.map(lambda _: torch.mm(a, b), range(threads))), threads * flops,
+                                   repeats=repeats)
     finally:
         torch.set_num_threads(threads)
     return max(one, concurrent)
@@ -120,6 +126,11 @@ class PassCounter:
         self._intervals.append((self._start.t, time.perf_counter()))
 
     @property
+    def flops(self) -> float:
+        """Everything counted so far: the layers and the rest."""
+        return self.layer_flops + self.other_flops
+
+    @property
     def layer_s(self) -> float:
         covered, end = 0.0, float("-inf")
         for a, b in sorted(self._intervals):
@@ -134,23 +145,27 @@ class PassCounter:
         self.other_flops += 2 * output.numel() * module.in_features
 
     def report(self, seconds: float, roof: float) -> Dict[str, float]:
-        total, layer_s = self.layer_flops + self.other_flops, self.layer_s
+        total, layer_s = self.flops, self.layer_s
         return {"gflop": total / 1e9, "pass_gflops": total / seconds / 1e9,
                 "layers_gflops": self.layer_flops / layer_s / 1e9, "layers_share_of_time": layer_s / seconds,
                 "pass_of_roof": total / seconds / 1e9 / roof, "layers_of_roof": self.layer_flops / layer_s / 1e9 / roof}
 
 
+def speech_like_wave(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Random-ish speech-like audio at SR: noise under a syllable-rate (3-6 Hz) envelope, float32."""
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 6) * t) ** 2
+    return (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
 def make_corpus(folder: Path, *, count: int, min_sec: float, max_sec: float, seed: int) -> List[Path]:
-    """Random-ish speech-like audio: noise under a syllable-rate envelope, lengths uniform in [min, max] s."""
+    """`count` speech-like wavs, lengths uniform in [min, max] s."""
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
-        n = int(rng.uniform(min_sec, max_sec) * SR)
-        t = np.arange(n) / SR
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 6) * t) ** 2
-        wave = (0.1 * envelope * rng.standard_normal(n)).astype(np.float32)
         path = folder / f"seg{i:04d}.wav"
-        sf.write(path, wave, SR)
+        sf.write(path, speech_like_wave(rng, rng.uniform(min_sec, max_sec)), SR)
         paths.append(path)
     return paths
 

@@ -4,7 +4,8 @@
     python benchmarks/run_all.py --full          # each script's own defaults (the sizes in README.md)
     python benchmarks/run_all.py --only context  # scripts whose name contains "context"
 
-A script not listed in SMALL runs with its own defaults. Exit status: 1 if any script failed.
+A script not listed in SMALL runs with its own defaults; one in NEEDS_GPU runs at its small size on a machine
+without CUDA, --full or not. Exit status: 1 if any script failed.
 """
 from __future__ import annotations
 
@@ -25,7 +26,24 @@ SMALL = {
     "bench_folds.py": ["--seeds", "2"],
     "bench_embed_memory.py": ["--calls", "4", "16"],
     "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
+    "bench_gpu.py": ["--smoke"],  # its real run needs a CUDA device
 }
+# Scripts that measure a GPU: without one, --full runs their small (CPU smoke) size instead.
+NEEDS_GPU = {"bench_gpu.py"}
+
+
+def has_cuda() -> bool:
+    import torch  # only when a GPU script is about to run: the others need no torch here
+
+    return torch.cuda.is_available()
+
+
+def script_args(script: Path, full: bool) -> list:
+    """With --full its own defaults (a GPU script's only where CUDA is), else its SMALL arguments."""
+    small = SMALL.get(script.name, [])
+    if not full:
+        return small
+    return small if script.name in NEEDS_GPU and not has_cuda() else []
 
 
 def scripts(only: str | None) -> list:
@@ -41,7 +59,7 @@ def main() -> int:
     failed = []
     print(f"{len(scripts(args.only))} benchmark(s); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for script in scripts(args.only):
-        extra = [] if args.full else SMALL.get(script.name, [])
+        extra = script_args(script, args.full)
         cmd = [sys.executable, str(script), *extra]
         print(f"\n=== {script.name} {' '.join(extra)}", flush=True)
         start = time.perf_counter()

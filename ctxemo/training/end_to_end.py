@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,11 +49,19 @@ STATS_SEGMENTS = 1024  # fit segments embedded once to set the context stage's i
 def make_window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: DictConfig,
                       specs: Sequence[AudioSpec]) -> CallBatch:
     """Windows -> a CallBatch whose inputs carry the audio of every real segment (AudioCallInputs)."""
+    settings = EmbedSettings.from_config(cfg)
+    return window_batch(units, device, cfg=cfg, load=lambda row: read_segment(settings, specs[row]))
+
+
+def window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: DictConfig,
+                 load: Callable[[int], np.ndarray]) -> CallBatch:
+    """`make_window_batch` with the audio from `load(row)` (a manifest row's mono waveform at
+    data.sample_rate): benchmarks/bench_gpu.py feeds synthetic waves through the same batching."""
     batch = collate(units, device)
     rows = [int(r) for unit in units for r in unit.rows]  # row-major order of seg_mask's True entries
     sr = int(cfg.data.sample_rate)
     settings = EmbedSettings.from_config(cfg)
-    padded, lens = pad_segments(settings, [read_segment(settings, specs[r]) for r in rows])
+    padded, lens = pad_segments(settings, [load(r) for r in rows])
     buckets = length_buckets((lens.double() / sr).tolist(), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
     calls = batch.inputs

@@ -177,12 +177,9 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
     objective.to(device)
     train_model = distributed.wrap_model(model)  # DDP under torchrun; `model` itself otherwise
     metric = cfg_train.early_stop_metric
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr=cfg_train.lr, encoder_lr=cfg_train.encoder_lr,
-                                                   weight_decay=cfg_train.weight_decay))
     units_per_epoch = len(epoch_items(torch.Generator().manual_seed(seed)))
     steps_per_epoch = math.ceil(math.ceil(units_per_epoch / cfg_train.batch_calls) / cfg_train.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps_per_epoch * cfg_train.epochs, cfg_train.warmup_frac))
+    optimizer, scheduler = make_optimizer(model, cfg_train, total_steps=steps_per_epoch * cfg_train.epochs)
     generator = torch.Generator().manual_seed(seed)  # batch order: the same on every rank
     torch.manual_seed(seed + distributed.rank())  # dropout: a stream per rank (rank 0 = one process)
     start_epoch, best, best_epoch, stale = 0, None, -1, 0
@@ -218,14 +215,12 @@ def _fit(model: nn.Module, *, train_items: Sequence[CallItem], val_items: Sequen
         for i, calls in enumerate(order):
             calls, step_objective = distributed.shard_batch(calls, units, objective)
             batch = make_batch([units[j] for j in calls], device)
-            with autocast(device):
-                loss = step_objective(train_model(batch.inputs), batch)
-            (loss / cfg_train.grad_accum).backward()
-            total, batches = total + loss.item(), batches + 1
+            total += backward_batch(train_model, batch, step_objective, device=device, grad_accum=cfg_train.grad_accum)
+            batches += 1
             if (i + 1) % cfg_train.grad_accum == 0:
-                _step(model, optimizer, scheduler, cfg_train.grad_clip)
+                optimizer_step(model, optimizer, scheduler, cfg_train.grad_clip)
         if batches % cfg_train.grad_accum:
-            _step(model, optimizer, scheduler, cfg_train.grad_clip)
+            optimizer_step(model, optimizer, scheduler, cfg_train.grad_clip)
         scores, val_loss = validate(model, device)
         metrics = validation_metrics(scores, taxonomy=taxonomy, loss=val_loss)
         metrics.update(epoch=epoch, train_loss=distributed.all_reduce_mean(total) / max(batches, 1))
@@ -264,7 +259,26 @@ def _scalar_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def _step(model, optimizer, scheduler, grad_clip: float) -> None:
+def make_optimizer(model: nn.Module, cfg_train, *, total_steps: int):
+    """AdamW over `parameter_groups` and its warmup + cosine schedule over `total_steps` optimizer steps."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=cfg_train.lr, encoder_lr=cfg_train.encoder_lr,
+                                                   weight_decay=cfg_train.weight_decay))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg_train.warmup_frac))
+    return optimizer, scheduler
+
+
+def backward_batch(train_model: nn.Module, batch: CallBatch, objective, *, device: torch.device,
+                   grad_accum: int = 1) -> float:
+    """One batch's forward under the mixed-precision rule (`ctxemo.device.autocast`), its loss and the
+    backward pass (gradients accumulate until `optimizer_step`); returns the batch's loss."""
+    with autocast(device):
+        loss = objective(train_model(batch.inputs), batch)
+    (loss / grad_accum).backward()
+    return loss.item()
+
+
+def optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
+    """Clip, step the optimizer and the schedule, clear the gradients."""
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
