@@ -15,11 +15,13 @@ Targets (issue 16): whole >= 95%, roles >= 98%, median start and end error <= 0.
 
     python benchmarks/bench_segment.py                 # 12 calls per condition, both VADs
     python benchmarks/bench_segment.py --calls 4 --vad silero --sources real
+    python benchmarks/bench_segment.py segmenter.barge_in_sec=0    # any segmenter.* setting
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from ctxemo.data.segmenter import frame_energy_db, segment_file  # noqa: E402
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus  # noqa: E402
 from ctxemo.data.synthetic_voice import _noise_floor, write_call_recordings, write_csv_atomic  # noqa: E402
 from ctxemo.data.telephone import upper_band_edge_hz  # noqa: E402
+from ctxemo.inference.predict import segmenter_from_overrides  # noqa: E402
 
 NO_CROSSTALK = -120.0
 # name -> keyword arguments of write_call_recordings (+ "telephone": band-limit and resample to 8 kHz)
@@ -71,8 +74,8 @@ def telephone(path: Path) -> None:
 def espeak_corpus(synthetic_manifest: Path, out: Path) -> Path | None:
     """The synthetic corpus's turns re-voiced by espeak-ng (Mandarin), same rows, or None without espeak-ng.
 
-    Each turn gets a sentence whose length fits its duration; the wav is cut or padded to that duration
-    (padded with silence, so the true turn is shorter: the end error there measures espeak's pause)."""
+    Each turn gets a sentence whose length fits its duration; the wav is espeak's speech (`speech_span`:
+    its trailing pause is not part of the true turn) cut to at most that duration."""
     binary = shutil.which("espeak-ng")
     if binary is None:
         return None
@@ -89,21 +92,22 @@ def espeak_corpus(synthetic_manifest: Path, out: Path) -> Path | None:
         subprocess.run([binary, "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
         speech, esr = sf.read(str(wav), dtype="float32")
         speech = signal.resample_poly(speech, sr, esr) if esr != sr else speech
-        fitted = np.zeros(n, dtype=np.float32)
-        fitted[: min(n, len(speech))] = speech[:n]
+        fitted = speech_span(speech, sr)[:n]
         sf.write(str(wav), fitted, sr, subtype="PCM_16")
-        row["audio"] = wav.name
+        row.update(audio=wav.name, duration_sec=f"{len(fitted) / sr:.6f}")
     manifest = out / "manifest.csv"
     write_csv_atomic(manifest, list(rows[0]), rows)
     return manifest
 
 
 def speech_span(clip: np.ndarray, sr: int) -> np.ndarray:
-    """The clip from its first to its last frame within TRIM_DB of its loudest frame."""
-    hop = 0.01
-    energy = frame_energy_db(clip, sample_rate=sr, frame_sec=0.02, hop_sec=hop)
+    """The clip from its first to its last 10-ms frame within TRIM_DB of its loudest frame (each frame stands
+    for the hop around its centre, as in the segmenter)."""
+    frame, hop = 0.02, 0.01
+    energy = frame_energy_db(clip, sample_rate=sr, frame_sec=frame, hop_sec=hop)
     loud = np.flatnonzero(energy >= energy.max() - TRIM_DB)
-    return clip[int(loud[0] * hop * sr):min(len(clip), int((loud[-1] * hop + 0.02) * sr))]
+    first, last = (loud[0] * hop + (frame - hop) / 2.0, loud[-1] * hop + (frame + hop) / 2.0)
+    return clip[int(round(first * sr)):int(round(last * sr))]
 
 
 def speaker_clips(root: Path) -> dict:
@@ -129,12 +133,15 @@ def real_turn(clips: list, seconds: float, rng: np.random.Generator) -> tuple:
     return np.concatenate(pieces), sr
 
 
-def real_speech_corpus(synthetic_manifest: Path, root: Path, out: Path) -> Path:
+def real_speech_corpus(synthetic_manifest: Path, root: Path, out: Path) -> Path | None:
     """The synthetic corpus's turns spoken by EmoDB speakers (same calls, roles and order): per call, the
-    caller and the operator are two different speakers; each turn lasts about as long as the synthetic one."""
-    by_speaker = speaker_clips(root)
+    caller and the operator are two different speakers; each turn lasts about as long as the synthetic one.
+    None, with the reason printed, where `root` holds no clips of two speakers."""
+    by_speaker = speaker_clips(root) if (root / "audio").is_dir() else {}
     if len(by_speaker) < 2:
-        raise FileNotFoundError(f"{root / 'audio'}: need clips of at least 2 speakers, found {len(by_speaker)}")
+        print(f"real-speech source skipped: {root / 'audio'} holds clips of {len(by_speaker)} speaker(s), "
+              "need <speaker>/*.wav of at least 2")
+        return None
     names = list(by_speaker)
     out.mkdir(parents=True, exist_ok=True)
     rows = list(csv.DictReader(open(synthetic_manifest, newline="", encoding="utf-8")))
@@ -202,7 +209,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
                         help="turn sources (espeak needs espeak-ng on PATH, real the real-speech folder)")
     parser.add_argument("--realspeech", type=Path, default=REAL_SPEECH, help="the real-speech folder (EmoDB clips)")
+    parser.add_argument("overrides", nargs="*", metavar="segmenter.KEY=VALUE", help="segmenter settings to measure")
     args = parser.parse_args(argv)
+    settings = segmenter_from_overrides(args.overrides)
+    print("segmenter settings:", " ".join(args.overrides) or "defaults")
     vads = ("silero", "energy") if args.vad == "both" else (args.vad,)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_segment_"))
     spec = CorpusSpec(n_calls=args.calls, seed=args.seed, calls_per_caller=1, min_turns=16, max_turns=24)
@@ -214,11 +224,9 @@ def main(argv=None) -> int:
             sources["espeak-ng"] = espeak
         else:
             print("espeak-ng not installed: the espeak-ng source is skipped")
-    if "real" in args.sources:
-        if (args.realspeech / "audio").is_dir():
-            sources["real speech (EmoDB)"] = real_speech_corpus(synthetic, args.realspeech, work / "real")
-        else:
-            print(f"no real-speech folder at {args.realspeech} (needs audio/<speaker>/*.wav): the real source is skipped")
+    real = real_speech_corpus(synthetic, args.realspeech, work / "real") if "real" in args.sources else None
+    if real is not None:
+        sources["real speech (EmoDB)"] = real
     print("| source | condition | VAD | turns | segments | whole | roles right | median start / end error s "
           "(p90) | band kHz | x real time |\n|---|---|---|---|---|---|---|---|---|---|")
     met = True
@@ -232,7 +240,7 @@ def main(argv=None) -> int:
                 for wav in folder.glob("*.wav"):
                     telephone(wav)
             for vad in vads:
-                r = score(turns_csv, SegmenterConfig(vad=vad))
+                r = score(turns_csv, dataclasses.replace(settings, vad=vad))
                 ok = r["whole"] >= 0.95 and r["roles"] >= 0.98 and r["start"] <= 0.15 and r["end"] <= 0.15
                 met &= ok or vad != "silero"
                 print(f"| {source} | {name} | {vad} | {r['turns']} | {r['segments']} | {100 * r['whole']:.1f}% | "
