@@ -182,7 +182,10 @@ class SegmenterConfig:
     # silero: a neural VAD per channel (pip install --no-deps silero-vad) decides which candidate turns are
     # speech | energy: every candidate is. Candidates and their boundaries come from the energy thresholds.
     vad: str = "silero"
-    speech_prob: float = 0.5  # silero: a turn is speech where its probability (0.1-s mean) reaches this
+    # silero: a turn is speech where its probability (0.1-s mean) reaches this. Real speech peaks at >= 0.98;
+    # dial, ringback and DTMF tones and clicks stay below 0.5 but reach 0.15-0.42, so a lower value keeps them
+    # (benchmarks/README.md "Segmentation", bench_silero_nonspeech.py).
+    speech_prob: float = 0.5
     frame_sec: float = 0.02
     hop_sec: float = 0.01
     floor_quantile: float = 0.05  # share of frames assumed to be pauses (noise floor estimate)
