@@ -1,8 +1,10 @@
 """Segmentation of whole-call stereo recordings with known turn times, per line condition.
 
-Calls are built from the project's own voice synthesiser (ctxemo/data/synthetic_voice.py; and from
-espeak-ng speech when `espeak-ng` is on PATH) by `write_call_recordings`, which writes the true turn
-times. Per condition and VAD it prints:
+Calls are built by `write_call_recordings`, which writes the true turn times, from three sources of
+turns: the project's own voice synthesiser (ctxemo/data/synthetic_voice.py), espeak-ng speech (when
+`espeak-ng` is on PATH) and real speech (EmoDB clips of the shared real-speech folder, when it is there;
+caller and operator are different speakers). The espeak and real sources keep the synthetic corpus's
+calls, roles and turn order. Per source, condition and VAD it prints:
   whole   share of true turns found as exactly one segment on their own channel (no split, no merge)
   roles   share of detected segments on the channel of the turn they overlap most (a segment over no
           turn counts as wrong)
@@ -12,12 +14,14 @@ times. Per condition and VAD it prints:
 Targets (issue 16): whole >= 95%, roles >= 98%, median start and end error <= 0.15 s, every condition.
 
     python benchmarks/bench_segment.py                 # 12 calls per condition, both VADs
-    python benchmarks/bench_segment.py --calls 4 --vad silero
+    python benchmarks/bench_segment.py --calls 4 --vad silero --sources real
+    python benchmarks/bench_segment.py segmenter.barge_in_sec=0    # any segmenter.* setting
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -33,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctxemo.config import SegmenterConfig  # noqa: E402
 from ctxemo.data.audio import read_audio  # noqa: E402
-from ctxemo.data.segmenter import segment_file  # noqa: E402
+from ctxemo.data.segmenter import frame_energy_db, segment_file  # noqa: E402
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus  # noqa: E402
-from ctxemo.data.synthetic_voice import write_call_recordings, write_csv_atomic  # noqa: E402
+from ctxemo.data.synthetic_voice import _noise_floor, write_call_recordings, write_csv_atomic  # noqa: E402
 from ctxemo.data.telephone import upper_band_edge_hz  # noqa: E402
+from ctxemo.inference.predict import segmenter_from_overrides  # noqa: E402
 
 NO_CROSSTALK = -120.0
 # name -> keyword arguments of write_call_recordings (+ "telephone": band-limit and resample to 8 kHz)
@@ -49,6 +54,13 @@ CONDITIONS = {
     "8 kHz telephone band, -30 dB, noise -50 dBFS": dict(crosstalk_db=-30.0, noise_dbfs=-50.0, telephone=True),
 }
 TELEPHONE_RATE, TELEPHONE_BAND = 8000, (300.0, 3400.0)
+REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "realspeech"  # beside the repository, as in CI
+# Real speech: a clip's speech runs from its first to its last 10-ms frame within this many dB of its loudest
+# (EmoDB's room noise sits 40-50 dB below the speech peaks), so the true turn is the speech, not the padding.
+TRIM_DB = 35.0
+CLIP_PAUSE_SEC = (0.1, 0.35)  # pauses between the clips joined into one turn: shorter than any turn gap
+MAX_CLIPS_PER_TURN = 3
+SOURCES = ("synthetic", "espeak", "real")
 
 
 def telephone(path: Path) -> None:
@@ -62,8 +74,8 @@ def telephone(path: Path) -> None:
 def espeak_corpus(synthetic_manifest: Path, out: Path) -> Path | None:
     """The synthetic corpus's turns re-voiced by espeak-ng (Mandarin), same rows, or None without espeak-ng.
 
-    Each turn gets a sentence whose length fits its duration; the wav is cut or padded to that duration
-    (padded with silence, so the true turn is shorter: the end error there measures espeak's pause)."""
+    Each turn gets a sentence whose length fits its duration; the wav is espeak's speech (`speech_span`:
+    its trailing pause is not part of the true turn) cut to at most that duration."""
     binary = shutil.which("espeak-ng")
     if binary is None:
         return None
@@ -80,16 +92,77 @@ def espeak_corpus(synthetic_manifest: Path, out: Path) -> Path | None:
         subprocess.run([binary, "-v", voice, "-w", str(wav), text], check=True, capture_output=True)
         speech, esr = sf.read(str(wav), dtype="float32")
         speech = signal.resample_poly(speech, sr, esr) if esr != sr else speech
-        fitted = np.zeros(n, dtype=np.float32)
-        fitted[: min(n, len(speech))] = speech[:n]
+        fitted = speech_span(speech, sr)[:n]
         sf.write(str(wav), fitted, sr, subtype="PCM_16")
-        row["audio"] = wav.name
+        row.update(audio=wav.name, duration_sec=f"{len(fitted) / sr:.6f}")
     manifest = out / "manifest.csv"
     write_csv_atomic(manifest, list(rows[0]), rows)
     return manifest
 
 
-def score(turns_csv: Path, cfg: SegmenterConfig) -> dict:
+def speech_span(clip: np.ndarray, sr: int) -> np.ndarray:
+    """The clip from its first to its last 10-ms frame within TRIM_DB of its loudest frame (each frame stands
+    for the hop around its centre, as in the segmenter)."""
+    frame, hop = 0.02, 0.01
+    energy = frame_energy_db(clip, sample_rate=sr, frame_sec=frame, hop_sec=hop)
+    loud = np.flatnonzero(energy >= energy.max() - TRIM_DB)
+    first, last = (loud[0] * hop + (frame - hop) / 2.0, loud[-1] * hop + (frame + hop) / 2.0)
+    return clip[int(round(first * sr)):int(round(last * sr))]
+
+
+def speaker_clips(root: Path) -> dict:
+    """speaker folder name -> its clips' paths (sorted), from `<root>/audio/<speaker>/*.wav`."""
+    folders = sorted(p for p in (root / "audio").iterdir() if p.is_dir())
+    return {p.name: sorted(p.glob("*.wav")) for p in folders if any(p.glob("*.wav"))}
+
+
+def real_turn(clips: list, seconds: float, rng: np.random.Generator) -> tuple:
+    """(one turn of real speech, sample rate): clips of one speaker, trimmed to their speech, joined with
+    short pauses of that speaker's own room noise until the turn lasts about `seconds` (at most
+    MAX_CLIPS_PER_TURN clips)."""
+    pieces, sr = [], 16000
+    for n_clips in range(MAX_CLIPS_PER_TURN):
+        if n_clips and sum(len(p) for p in pieces) >= seconds * sr:
+            break
+        wave, sr = sf.read(str(clips[int(rng.integers(len(clips)))]), dtype="float32")
+        speech = speech_span(wave, sr)
+        if pieces:
+            pause = int(rng.uniform(*CLIP_PAUSE_SEC) * sr)
+            pieces.append(rng.normal(0.0, _noise_floor([speech], sr), pause).astype(np.float32))
+        pieces.append(speech)
+    return np.concatenate(pieces), sr
+
+
+def real_speech_corpus(synthetic_manifest: Path, root: Path, out: Path) -> Path | None:
+    """The synthetic corpus's turns spoken by EmoDB speakers (same calls, roles and order): per call, the
+    caller and the operator are two different speakers; each turn lasts about as long as the synthetic one.
+    None, with the reason printed, where `root` holds no clips of two speakers."""
+    by_speaker = speaker_clips(root) if (root / "audio").is_dir() else {}
+    if len(by_speaker) < 2:
+        print(f"real-speech source skipped: {root / 'audio'} holds clips of {len(by_speaker)} speaker(s), "
+              "need <speaker>/*.wav of at least 2")
+        return None
+    names = list(by_speaker)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(csv.DictReader(open(synthetic_manifest, newline="", encoding="utf-8")))
+    rng = np.random.default_rng(0)
+    speakers = {}
+    for i, row in enumerate(rows):
+        if row["call_id"] not in speakers:
+            speakers[row["call_id"]] = dict(zip(("caller", "operator"), rng.choice(names, size=2, replace=False)))
+        speaker = speakers[row["call_id"]][row["role"]]
+        info = sf.info(str(synthetic_manifest.parent / row["audio"]))
+        wave, sr = real_turn(by_speaker[speaker], info.frames / info.samplerate, rng)
+        wav = out / f"turn{i:05d}.wav"
+        sf.write(str(wav), wave, sr, subtype="PCM_16")
+        row.update(audio=wav.name, caller_id=speaker, duration_sec=f"{len(wave) / sr:.6f}")
+    manifest = out / "manifest.csv"
+    write_csv_atomic(manifest, list(rows[0]), rows)
+    return manifest
+
+
+def score(turns_csv: Path, cfg: SegmenterConfig, segment=segment_file) -> dict:
+    """The figures of one condition; `segment(path, cfg)` -> Segmentation (segment_file, or a cached one)."""
     turns = list(csv.DictReader(open(turns_csv, newline="", encoding="utf-8")))
     whole, n_turns, right, n_segs, starts, ends, seconds, audio_sec = 0, 0, 0, 0, [], [], 0.0, 0.0
     caller_waves = []
@@ -97,7 +170,7 @@ def score(turns_csv: Path, cfg: SegmenterConfig) -> dict:
         truth = [(float(t["start"]), float(t["end"]), 0 if t["role"] == "caller" else 1)
                  for t in turns if t["call_id"] == call_id]
         tic = time.perf_counter()
-        seg = segment_file(turns_csv.parent / f"{call_id}.wav", cfg)
+        seg = segment(turns_csv.parent / f"{call_id}.wav", cfg)
         seconds += time.perf_counter() - tic
         audio_sec += seg.duration_sec
         found = [(s.start_sec, s.end_sec, s.channel) for s in seg.segments]
@@ -133,16 +206,27 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vad", choices=("both", "silero", "energy"), default="both")
     parser.add_argument("--work", help="folder for the corpora (default: a temp folder, removed)")
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
+                        help="turn sources (espeak needs espeak-ng on PATH, real the real-speech folder)")
+    parser.add_argument("--realspeech", type=Path, default=REAL_SPEECH, help="the real-speech folder (EmoDB clips)")
+    parser.add_argument("overrides", nargs="*", metavar="segmenter.KEY=VALUE", help="segmenter settings to measure")
     args = parser.parse_args(argv)
+    settings = segmenter_from_overrides(args.overrides)
+    print("segmenter settings:", " ".join(args.overrides) or "defaults")
     vads = ("silero", "energy") if args.vad == "both" else (args.vad,)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_segment_"))
     spec = CorpusSpec(n_calls=args.calls, seed=args.seed, calls_per_caller=1, min_turns=16, max_turns=24)
-    sources = {"synthetic voice": generate_corpus(work / "synthetic", spec=spec)}
-    espeak = espeak_corpus(sources["synthetic voice"], work / "espeak")
-    if espeak is not None:
-        sources["espeak-ng"] = espeak
-    else:
-        print("espeak-ng not installed: synthetic voice only")
+    synthetic = generate_corpus(work / "synthetic", spec=spec)
+    sources = {"synthetic voice": synthetic} if "synthetic" in args.sources else {}
+    if "espeak" in args.sources:
+        espeak = espeak_corpus(synthetic, work / "espeak")
+        if espeak is not None:
+            sources["espeak-ng"] = espeak
+        else:
+            print("espeak-ng not installed: the espeak-ng source is skipped")
+    real = real_speech_corpus(synthetic, args.realspeech, work / "real") if "real" in args.sources else None
+    if real is not None:
+        sources["real speech (EmoDB)"] = real
     print("| source | condition | VAD | turns | segments | whole | roles right | median start / end error s "
           "(p90) | band kHz | x real time |\n|---|---|---|---|---|---|---|---|---|---|")
     met = True
@@ -150,13 +234,13 @@ def main(argv=None) -> int:
         for i, (name, options) in enumerate(CONDITIONS.items()):
             options = dict(options)
             tele = options.pop("telephone", False)
-            folder = work / f"{source.replace(' ', '_')}-{i}"
+            folder = work / f"{source.split()[0]}-{i}"
             turns_csv = write_call_recordings(manifest, folder, seed=args.seed + i, **options)
             if tele:
                 for wav in folder.glob("*.wav"):
                     telephone(wav)
             for vad in vads:
-                r = score(turns_csv, SegmenterConfig(vad=vad))
+                r = score(turns_csv, dataclasses.replace(settings, vad=vad))
                 ok = r["whole"] >= 0.95 and r["roles"] >= 0.98 and r["start"] <= 0.15 and r["end"] <= 0.15
                 met &= ok or vad != "silero"
                 print(f"| {source} | {name} | {vad} | {r['turns']} | {r['segments']} | {100 * r['whole']:.1f}% | "

@@ -188,7 +188,10 @@ class SegmenterConfig:
     # silero: a neural VAD per channel (pip install --no-deps silero-vad) decides which candidate turns are
     # speech | energy: every candidate is. Candidates and their boundaries come from the energy thresholds.
     vad: str = "silero"
-    speech_prob: float = 0.5  # silero: a turn is speech where its probability (0.1-s mean) reaches this
+    # silero: a turn is speech where its probability (0.1-s mean) reaches this. Real speech peaks at >= 0.98;
+    # dial, ringback and DTMF tones and clicks stay below 0.5 but reach 0.15-0.42, so a lower value keeps them
+    # (benchmarks/README.md "Segmentation", bench_silero_nonspeech.py).
+    speech_prob: float = 0.5
     frame_sec: float = 0.02
     hop_sec: float = 0.01
     floor_quantile: float = 0.05  # share of frames assumed to be pauses (noise floor estimate)
@@ -200,6 +203,11 @@ class SegmenterConfig:
     # Ownership switches only after the new channel has spoken this long on its own; shorter bursts inside
     # another speaker's turn (leaks, clicks, a backchannel) neither split that turn nor become turns.
     min_turn_sec: float = 0.2
+    # At an overlapping turn change the newcomer's turn starts at its first word, up to this long before the
+    # earlier speaker's last frame: the earlier turn loses only its overlapped tail, while a short barge-in
+    # mostly spoken over would otherwise be cut below min_segment_sec and dropped (0: the earlier speaker
+    # keeps the whole overlap). Overlaps at turn changes are mostly under a second.
+    barge_in_sec: float = 1.0
     min_silence_sec: float = 0.3  # shorter pauses are bridged (pauses inside a turn) ...
     # ... or, on a channel that carries one speaker (two-channel calls), pauses up to this long: a turn
     # change shows up on the other channel there, so slow speech need not be cut into pieces.
@@ -343,6 +351,7 @@ RANGES: Dict[str, str] = {
     "segmenter.min_speech_dbfs": "[-200, 0]",
     "segmenter.crosstalk_db": "> 0",
     "segmenter.min_turn_sec": ">= 0",
+    "segmenter.barge_in_sec": ">= 0",
     "segmenter.min_silence_sec": ">= 0",
     "segmenter.speaker_min_silence_sec": ">= 0",
     "segmenter.min_segment_sec": "> 0",

@@ -9,6 +9,7 @@ import soundfile as sf
 from ctxemo.config import load_config
 from ctxemo.data.segmenter import (
     SegmenterConfig,
+    assign_owners,
     close_gaps,
     frame_energy_db,
     hysteresis,
@@ -78,6 +79,33 @@ def test_stereo_owner_is_the_louder_channel_and_crosstalk_is_ignored():
     seg = segment_recording(audio, sample_rate=SR, config=ENERGY)
     assert [(s.channel, round(s.start_sec, 1)) for s in seg.segments] == [(0, 0.4), (1, 1.7), (0, 2.9)]
     assert not seg.too_short
+
+
+def test_a_barge_in_takes_the_overlapped_frames_up_to_barge_in():
+    """Channel 0 speaks frames 0-59, channel 1 frames 40-99: the newcomer's turn starts at its first frame
+    (40), at most `barge_in` frames before channel 0's last one; with 0 it starts after channel 0's last."""
+    active = np.zeros((2, 100), dtype=bool)
+    active[0, :60], active[1, 40:] = True, True
+    level = np.zeros((2, 100))
+
+    def newcomer_start(barge_in):
+        owner = assign_owners(active, level, crosstalk_db=12.0, min_turn=10, max_gap=50, barge_in=barge_in)
+        assert (owner[:40] == 0).all() and (owner[np.argmax(owner == 1):] == 1).all()
+        return int(np.argmax(owner == 1))
+
+    assert [newcomer_start(b) for b in (0, 5, 100)] == [60, 55, 40]
+
+
+def test_a_short_barge_in_is_a_turn_not_dropped():
+    """A 0.5-s operator turn starting 0.4 s before the caller stops: kept as one segment from its start
+    (default barge_in_sec); with barge_in_sec=0 only its 0.1-s end is left, too short to score."""
+    caller = tone_bursts([(0.5, 2.0)], seconds=3.0, seed=1)
+    operator = tone_bursts([(1.6, 2.1)], seconds=3.0, seed=2, freq=300.0)
+    audio = np.stack([caller + 0.03 * operator, operator + 0.03 * caller])
+    seg = segment_recording(audio, sample_rate=SR, config=SegmenterConfig(vad="energy", pad_sec=0.0))
+    assert [(s.channel, round(s.start_sec, 1)) for s in seg.segments] == [(0, 0.5), (1, 1.6)]
+    held = segment_recording(audio, sample_rate=SR, config=SegmenterConfig(vad="energy", pad_sec=0.0, barge_in_sec=0.0))
+    assert [s.channel for s in held.segments] == [0] and [s.channel for s in held.too_short] == [1]
 
 
 def test_silence_and_digital_zeros_give_no_segments():
