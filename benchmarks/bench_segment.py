@@ -39,7 +39,11 @@ from ctxemo.config import SegmenterConfig  # noqa: E402
 from ctxemo.data.audio import read_audio  # noqa: E402
 from ctxemo.data.segmenter import frame_energy_db, segment_file  # noqa: E402
 from ctxemo.data.synthetic import CorpusSpec, generate_corpus  # noqa: E402
-from ctxemo.data.synthetic_voice import _noise_floor, write_call_recordings, write_csv_atomic  # noqa: E402
+from ctxemo.data.synthetic_voice import (  # noqa: E402
+    _noise_floor,
+    write_call_recordings,
+    write_csv_atomic,
+)
 from ctxemo.data.telephone import upper_band_edge_hz  # noqa: E402
 from ctxemo.inference.predict import segmenter_from_overrides  # noqa: E402
 
