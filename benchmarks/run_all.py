@@ -25,6 +25,7 @@ SMALL = {
     "bench_folds.py": ["--seeds", "2"],
     "bench_embed_memory.py": ["--calls", "4", "16"],
     "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
+    "bench_telephone.py": ["--smoke", "--shares", "0", "1", "--seeds", "0"],
 }
 
 
