@@ -6,12 +6,20 @@ project's caller-grouped folds), arms of experiments/configs/real_speech.yaml, a
 `encoder.family=opensmile` (ComParE 2016 functionals by default, cached under --out/cache). For each arm,
 `data.telephone_share` and seed, every fold's model is trained once, the way every CV fold trains it
 (`train_fold_model`: inner cross-fitting, thresholds tuned on the training callers' out-of-fold
-predictions), and scores the held-out caller twice:
+predictions), and scores the held-out caller's audio four ways:
 
-    wideband   the wavs as recorded (16 kHz)
-    telephone  the same wavs through `simulate_telephone` (300-3400 Hz, 8 kHz, mu-law) and read back at
-               16 kHz: the features of `data.telephone_share=1`, which passes every row through the line
-               in `read_segment`, so the test audio is read exactly as the training audio is
+    wideband               the wavs as recorded (16 kHz)
+    telephone              the same wavs through `simulate_telephone` (300-3400 Hz, 8 kHz, mu-law) in memory:
+                           the features of `data.telephone_share=1`, which passes every row through the line
+                           in `read_segment`, exactly as the telephone share of the training audio is read
+    telephone, 8-kHz wav   the simulated line written as a G.711 call is stored (16-bit PCM at 8 kHz, under
+                           --out/telephone-wavs) and read by the pipeline like any file (resampled to 16 kHz)
+    telephone, 16-kHz wav  the same written as 16-bit PCM at 16 kHz
+
+The two file conditions are there because openSMILE's functionals of band-limited audio depend on what
+the empty band above 4 kHz holds (exact zeros in memory, resampler leakage from an 8-kHz file, the 16-bit
+noise floor of a 16-kHz file): most ComParE features of one EmoDB clip differ by more than 1% between
+them, against 3% of features for half an LSB of noise on the wideband clip.
 
 Per arm, share and condition it prints pooled out-of-fold binary F1, AUROC, fine weighted F1, the share of
 segments flagged negative against the gold negative share, the false-alarm rate (flagged among the
@@ -41,7 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 REALSPEECH = REPO.parent / "shared" / "realspeech"
 CONFIG = REPO / "experiments" / "configs" / "real_speech.yaml"
 CORPUS = "emodb-calls"
-CONDITIONS = {"wideband": 0.0, "telephone": 1.0}  # test condition -> the data.telephone_share that reads it
+# Test audio -> (the data.telephone_share that reads it, the rate of its telephone wav copies; None: no copies)
+TEST_AUDIO = {"wideband": (0.0, None), "telephone": (1.0, None), "telephone, 8-kHz wav": (0.0, 8000),
+              "telephone, 16-kHz wav": (0.0, 16000)}
 FIGURES = ("binary_f1", "binary_auroc", "fine_weighted_f1", "flagged_share", "false_alarm_rate", "mean_p_negative")
 SMOKE_CALLERS, SMOKE_CALLS_PER_CALLER = 4, 2
 SMOKE_OVERRIDES = ["cv.only_folds=[0]", "train.epochs=2", "encoder.feature_set=egemaps"]
@@ -50,24 +60,62 @@ SMOKE_OVERRIDES = ["cv.only_folds=[0]", "train.epochs=2", "encoder.feature_set=e
 # ----------------------------------------------------------------------------- inputs
 
 
+def manifest_rows(path: Path) -> List[Dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def audio_file(manifest: Path, row: Dict[str, str]) -> Path:
+    """A manifest row's audio file (relative paths are relative to the manifest, as in ctxemo's contract)."""
+    return (manifest.parent / row["audio"]).resolve()
+
+
+def write_manifest(path: Path, rows: List[Dict[str, str]]) -> Path:
+    from ctxemo.reports.tables import write_csv
+
+    return write_csv(path, list(rows[0]), [[r[c] for c in rows[0]] for r in rows])
+
+
 def smoke_manifest(source: Path, out: Path, *, callers: int = SMOKE_CALLERS,
                    calls_per_caller: int = SMOKE_CALLS_PER_CALLER) -> Path:
     """A small copy of `source`: the first calls of the first callers, audio paths made absolute (the copy
     lives elsewhere). Enough for one leave-one-caller-out fold with cross-fitting, in seconds."""
-    with open(source, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = manifest_rows(source)
     kept_callers = sorted({r["caller_id"] for r in rows})[:callers]
     calls: Dict[str, List[str]] = {}
     for r in rows:
         if r["caller_id"] in kept_callers and r["call_id"] not in calls.setdefault(r["caller_id"], []):
             calls[r["caller_id"]].append(r["call_id"])
     kept_calls = {c for caller in kept_callers for c in calls[caller][:calls_per_caller]}
-    picked = [{**r, "audio": str((source.parent / r["audio"]).resolve())} for r in rows if r["call_id"] in kept_calls]
-    from ctxemo.reports.tables import write_csv
+    picked = [{**r, "audio": str(audio_file(source, r))} for r in rows if r["call_id"] in kept_calls]
+    return write_manifest(out / "smoke-manifest.csv", picked)
 
-    path = out / "smoke-manifest.csv"
-    write_csv(path, list(rows[0]), [[r[c] for c in rows[0]] for r in picked])
-    return path
+
+def telephone_copies(source: Path, folder: Path, *, rate: int, sample_rate: int) -> Path:
+    """Every audio file of the manifest `source` through `simulate_telephone` (at the pipeline's
+    `sample_rate`), written as 16-bit wavs at `rate` under `folder/<rate>/<speaker>/<file>`, and a copy of
+    the manifest that names them (same rows, same order). Files already there are kept, so the feature
+    cache, which knows a file by size and mtime, reuses their rows on a rerun."""
+    import soundfile as sf
+
+    from ctxemo.data.audio import read_audio, resample
+    from ctxemo.data.telephone import simulate_telephone
+
+    rows = manifest_rows(source)
+    copies = []
+    for r in rows:
+        src = audio_file(source, r)
+        dest = folder / str(rate) / src.parent.name / src.name
+        if not dest.is_file():
+            line = simulate_telephone(read_audio(src, target_sr=sample_rate), sample_rate)
+            if rate != sample_rate:
+                line = resample(line, orig_sr=sample_rate, target_sr=rate)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # 16-bit PCM holds [-1, 1]: the simulation's small overshoot (resampling after the codec) is clipped,
+            # as a real line's codec would.
+            sf.write(dest, np.clip(line, -1.0, 1.0), rate, subtype="PCM_16")
+        copies.append({**r, "audio": str(dest)})
+    return write_manifest(folder / f"manifest-{rate}.csv", copies)
 
 
 def base_config(manifest: Path, out: Path, overrides: Sequence[str]):
@@ -77,13 +125,32 @@ def base_config(manifest: Path, out: Path, overrides: Sequence[str]):
                                   "encoder.feature_set=compare", *overrides])
 
 
-def features_at_share(cfg, share: float, out: Path, *, progress: bool):
-    """The corpus with every row's functionals as `data.telephone_share=share` embeds them (cached)."""
+def features_at_share(cfg, share: float, out: Path, *, progress: bool, manifest: Optional[Path] = None):
+    """The corpus (cfg's manifest, or `manifest`) with every row's functionals as `data.telephone_share=share`
+    embeds them (cached under out/cache)."""
     from ctxemo.config import load_config
     from ctxemo.embedding.corpus import load_corpus
 
-    return load_corpus(load_config(overrides=[f"data.telephone_share={share}"], base=cfg),
-                       cache_root=out / "cache", progress=progress)
+    overrides = [f"data.telephone_share={share}", *([f"data.manifest={manifest}"] if manifest else [])]
+    return load_corpus(load_config(overrides=overrides, base=cfg), cache_root=out / "cache", progress=progress)
+
+
+def features_of_test_audio(cfg, corpora: Dict[float, object], out: Path, *, progress: bool) -> Dict[str, np.ndarray]:
+    """{test audio: features [N, D] aligned to cfg's manifest rows} for every TEST_AUDIO entry."""
+    feats = {}
+    for name, (share, rate) in TEST_AUDIO.items():
+        if rate is None:
+            feats[name] = corpora[share].feats
+            continue
+        copy = telephone_copies(Path(cfg.data.manifest), out / "telephone-wavs", rate=rate,
+                                sample_rate=int(cfg.data.sample_rate))
+        data = features_at_share(cfg, share, out, progress=progress, manifest=copy)
+        original = corpora[share].manifest
+        if list(data.manifest.call_id) != list(original.call_id) or \
+                list(data.manifest.segment_index) != list(original.segment_index):
+            raise SystemExit(f"[bench_telephone] {copy}: rows are not those of {cfg.data.manifest}")
+        feats[name] = data.feats
+    return feats
 
 
 # ----------------------------------------------------------------------------- one run
@@ -158,11 +225,12 @@ def condition_figures(pooled) -> Dict[str, float]:
 def run_one(cfg, train_data, test_feats: Dict[str, np.ndarray], folds: List[np.ndarray], selected: Sequence[int],
             path: Path) -> Dict[str, Dict[str, float]]:
     """Every selected fold of one (arm, share, seed): {condition | "prior": figures}, written to `path`
-    (read back on a rerun instead of training again)."""
+    (read back on a rerun instead of training again, if it holds every condition)."""
     from ctxemo.io import read_json, write_json
 
-    if path.is_file():
+    if path.is_file() and set(read_json(path)) == {*test_feats, "prior"}:
         return read_json(path)
+    started = time.perf_counter()
     per_condition: Dict[str, list] = {name: [] for name in test_feats}
     priors = []
     for k in selected:
@@ -175,6 +243,8 @@ def run_one(cfg, train_data, test_feats: Dict[str, np.ndarray], folds: List[np.n
               for name, parts in per_condition.items()}
     result["prior"] = condition_figures(pool(priors, train_data.manifest, multilabel=multilabel))
     write_json(path, result)  # atomic: a killed run never leaves half a file
+    # Printed here, in the worker: a line per run as it finishes, serial or parallel.
+    print(f"[bench_telephone] {path.stem} done in {time.perf_counter() - started:.0f} s", flush=True)
     return result
 
 
@@ -195,7 +265,7 @@ def table(results: Dict[str, Dict[str, List[Dict[str, float]]]]) -> str:
     prior = None
     for run, by_condition in results.items():
         arm, share = run.split(" | share ")
-        for condition in CONDITIONS:
+        for condition in TEST_AUDIO:
             runs = by_condition[condition]
             gold = runs[0]["gold_negative_share"]
             lines.append(f"| {arm} | {share} | {condition} | {cell([r['binary_f1'] for r in runs])} | "
@@ -243,10 +313,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         extra = [*SMOKE_OVERRIDES, f"cv.folds={SMOKE_CALLERS}", *extra]
     cfg = base_config(manifest, args.out, extra)
     progress = not args.quiet
-    # Every share's training features, and each test condition's (the share that reads it): embedded once.
-    shares = sorted(set(args.shares) | set(CONDITIONS.values()))
+    # Every share's training features, and each test condition's: embedded once (cached).
+    shares = sorted(set(args.shares) | {share for share, _ in TEST_AUDIO.values()})
     corpora = {s: features_at_share(cfg, s, args.out, progress=progress) for s in shares}
-    test_feats = {name: corpora[s].feats for name, s in CONDITIONS.items()}
+    test_feats = features_of_test_audio(cfg, corpora, args.out, progress=progress)
     plans = []
     for arm in args.arms:
         for share in args.shares:
@@ -258,13 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 plans.append(((arm, share, seed), partial(run_one, run_cfg, corpora[share], test_feats, folds,
                                                           selected, path)))
 
-    def done(i: int, _result) -> None:
-        if progress:
-            arm, share, seed = plans[i][0]
-            print(f"[bench_telephone] {arm} / telephone_share {share:g} / seed {seed} done "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-
-    outcomes = run_jobs([job for _, job in plans], workers=args.workers, on_done=done)
+    outcomes = run_jobs([job for _, job in plans], workers=args.workers)
     results: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
     for ((arm, share, _), _job), outcome in zip(plans, outcomes, strict=True):
         by_condition = results.setdefault(f"{arm} | share {share:g}", {})

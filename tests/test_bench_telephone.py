@@ -43,11 +43,12 @@ def test_pooled_figures_decide_each_fold_with_its_own_threshold():
 @pytest.mark.skipif(not REALSPEECH.is_dir(), reason=f"real-speech corpora not found at {REALSPEECH}")
 @pytest.mark.skipif(importlib.util.find_spec("opensmile") is None, reason="opensmile is not installed")
 def test_smoke_scores_both_test_conditions_beside_the_prior(tmp_path, capsys):
-    report = _benchmark().main(["--smoke", "--shares", "0", "1", "--seeds", "0", "--out", str(tmp_path), "--quiet"])
+    bench = _benchmark()
+    report = bench.main(["--smoke", "--shares", "0", "1", "--seeds", "0", "--out", str(tmp_path), "--quiet"])
     results = report["results"]
     assert list(results) == ["isolated | share 0", "isolated | share 1"]
     for run in results.values():
-        assert set(run) == {"wideband", "telephone", "prior"}
+        assert set(run) == {*bench.TEST_AUDIO, "prior"}
         for (figures,) in run.values():  # one seed
             assert all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in figures.values()), figures
         assert run["wideband"][0]["gold_negative_share"] == run["telephone"][0]["gold_negative_share"]
@@ -57,3 +58,10 @@ def test_smoke_scores_both_test_conditions_beside_the_prior(tmp_path, capsys):
     assert wide["mean_p_negative"] != tele["mean_p_negative"]
     assert "| isolated | 1 | telephone |" in capsys.readouterr().out
     assert (tmp_path / "results.json").is_file() and len(list((tmp_path / "runs").glob("*.json"))) == 2
+    # The telephone copies are the pipeline's files: 16-bit, at their own rate, the length of the original.
+    import soundfile as sf
+
+    copies = {rate: sorted((tmp_path / "telephone-wavs" / str(rate)).rglob("*.wav")) for rate in (8000, 16000)}
+    assert len(copies[8000]) == len(copies[16000]) > 0
+    info = sf.info(copies[8000][0])
+    assert info.samplerate == 8000 and info.subtype == "PCM_16" and info.duration == pytest.approx(2.0, abs=0.01)
