@@ -3,7 +3,7 @@ training segments, scored on the test callers' audio as recorded (wideband) and 
 
 Corpus: ../shared/realspeech/emodb-calls (EmoDB pseudo-calls, 10 speakers), leave-one-caller-out (the
 project's caller-grouped folds), arms of experiments/configs/real_speech.yaml, audio through
-`encoder.family=opensmile` (ComParE 2016 functionals by default, cached under --out/cache). For each arm,
+`encoder.family=opensmile` (ComParE 2016 functionals by default, cached under --out/cache/). For each arm,
 `data.telephone_share` and seed, every fold's model is trained once, the way every CV fold trains it
 (`train_fold_model`: inner cross-fitting, thresholds tuned on the training callers' out-of-fold
 predictions), and scores the held-out caller's audio four ways:
@@ -52,7 +52,6 @@ CORPUS = "emodb-calls"
 # Test audio -> (the data.telephone_share that reads it, the rate of its telephone wav copies; None: no copies)
 TEST_AUDIO = {"wideband": (0.0, None), "telephone": (1.0, None), "telephone, 8-kHz wav": (0.0, 8000),
               "telephone, 16-kHz wav": (0.0, 16000)}
-FIGURES = ("binary_f1", "binary_auroc", "fine_weighted_f1", "flagged_share", "false_alarm_rate", "mean_p_negative")
 SMOKE_CALLERS, SMOKE_CALLS_PER_CALLER = 4, 2
 SMOKE_OVERRIDES = ["cv.only_folds=[0]", "train.epochs=2", "encoder.feature_set=egemaps"]
 
@@ -214,7 +213,8 @@ def pool(parts: Sequence[tuple], manifest, *, multilabel: bool):
 
 
 def condition_figures(pooled) -> Dict[str, float]:
-    """FIGURES of pooled predictions, plus the gold negative share they are read against."""
+    """Pooled figures (pooled_metrics, flagged share, false-alarm rate, mean p_negative) and the gold
+    negative share they are read against."""
     from ctxemo.reports.run_folder import pooled_metrics
 
     figures = {k: float(v) for k, v in pooled_metrics(pooled).items() if k != "n"}
