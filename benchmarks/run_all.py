@@ -27,6 +27,7 @@ SMALL = {
     "bench_embed_memory.py": ["--calls", "4", "16"],
     "bench_live.py": ["--lengths", "50", "200", "--timed", "10"],
     "bench_gpu.py": ["--smoke"],  # its real run needs a CUDA device
+    "bench_telephone.py": ["--smoke", "--shares", "0", "1", "--seeds", "0"],
 }
 # Scripts that measure a GPU: without one, --full runs their small (CPU smoke) size instead.
 NEEDS_GPU = {"bench_gpu.py"}

@@ -1,5 +1,6 @@
 """Telephone bands: the band-edge measure, the simulated telephone channel, what bundles record about
 their training audio, and the warnings predict and LiveSession give on a mismatch."""
+import importlib.util
 import types
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import soundfile as sf
 from bundle_helpers import random_bundle, small_corpus, tiny_config
 
-from ctxemo.config import SegmenterConfig
+from ctxemo.config import SegmenterConfig, load_config
 from ctxemo.data.audio import resample
 from ctxemo.data.manifest import load_manifest
 from ctxemo.data.synthetic_voice import write_call_recordings
@@ -16,6 +17,7 @@ from ctxemo.data.telephone import (
     simulate_telephone,
     upper_band_edge_hz,
 )
+from ctxemo.embedding.corpus import load_corpus
 from ctxemo.inference.bundle import load_bundle
 from ctxemo.inference.live import LiveSession
 from ctxemo.inference.predict import predict_inputs
@@ -112,3 +114,19 @@ def test_predict_and_live_warn_on_a_telephone_call(setup, tmp_path):
     with pytest.warns(UserWarning, match="call t: audio band ends at"):
         session.push(simulate_telephone(wideband(), SR), sample_rate=SR, role="caller")
     assert session.band_warning
+
+
+@pytest.mark.skipif(importlib.util.find_spec("opensmile") is None, reason="opensmile is not installed")
+def test_opensmile_cache_keeps_telephone_features_apart(setup, tmp_path):
+    """data.telephone_share changes every telephone row's functionals while the files stay the same: the
+    openSMILE cache must not hand a telephone_share run the wideband rows (it did: its fingerprint left
+    the share out, so the share silently did nothing once a wideband run had filled the cache)."""
+    def functionals(share):
+        cfg = load_config(overrides=[f"out_dir={tmp_path}", f"data.manifest={setup['manifest']}",
+                                     "encoder.family=opensmile", f"data.telephone_share={share}"])
+        return load_corpus(cfg, progress=False).feats
+
+    wide, tele = functionals(0.0), functionals(1.0)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.isclose(wide, tele).all(axis=1).any()  # every row through the line differs
+    np.testing.assert_array_equal(functionals(0.0), wide)  # and each share still reuses its own cache

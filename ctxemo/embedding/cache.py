@@ -85,13 +85,24 @@ def source_identity(source: Optional[str], revision: Optional[str], *, seed: int
     return {"kind": "hub", "id": where, "revision": revision, "commit": Path(cached).parent.name}
 
 
+def audio_reading(cfg: DictConfig) -> Dict[str, Any]:
+    """How `read_segment` turns a row's file into samples (data.sample_rate/channel/min_segment_sec and
+    data.telephone_share): part of every cache fingerprint, neural or openSMILE, since a change in any of
+    them changes every row's features while the files stay the same."""
+    reading: Dict[str, Any] = {"sample_rate": int(cfg.data.sample_rate), "channel": int(cfg.data.channel),
+                               "min_segment_sec": float(cfg.data.min_segment_sec)}
+    if cfg.data.get("telephone_share", 0.0):  # only when set: older caches keep their fingerprints
+        reading["telephone_share"] = float(cfg.data.telephone_share)
+    return reading
+
+
 def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = None
                         ) -> Tuple[Optional[str], Dict[str, Any]]:
     """Hash of everything that decides a row's embedding apart from its audio.
 
     Included: family, source/revision/weights identity, the effective model config for random init
     (tiny defaults merged) and the seed, layers, pooling, normalize_waveform, whisper_pad_to_30s,
-    max_chunk_sec, precision, data.sample_rate/channel/min_segment_sec, torch + transformers versions, and for a
+    max_chunk_sec, precision, `audio_reading`, torch + transformers versions, and for a
     caller-supplied (fine-tuned) encoder a hash of its trainable tensors. Left out: batch sizes,
     offline, gradient checkpointing, and finetune/lora for a freshly built encoder (LoRA starts as a no-op).
     Returns:
@@ -107,13 +118,10 @@ def encoder_fingerprint(cfg: DictConfig, *, encoder: Optional[SegmentEncoder] = 
         "model_config": {**tiny_model_config(enc.family), **enc.model_config} if enc.source is None else None,
         "layers": str(enc.layers), "pooling": enc.pooling, "normalize_waveform": enc.normalize_waveform,
         "whisper_pad_to_30s": enc.whisper_pad_to_30s, "max_chunk_sec": enc.max_chunk_sec,
-        "sample_rate": int(cfg.data.sample_rate), "channel": int(cfg.data.channel),
-        "min_segment_sec": float(cfg.data.min_segment_sec),
+        **audio_reading(cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    if cfg.data.get("telephone_share", 0.0):  # only when set: older caches keep their fingerprints
-        description["telephone_share"] = float(cfg.data.telephone_share)
-    if enc.precision != "float32":  # only when set, as above
+    if enc.precision != "float32":  # only when set: older caches keep their fingerprints
         description["precision"] = enc.precision
     if encoder is not None:
         digest = hashlib.sha256()

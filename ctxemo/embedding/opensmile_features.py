@@ -26,6 +26,7 @@ from ctxemo.data.short_segments import min_segment_samples
 from ctxemo.embedding.cache import (
     CACHE_FORMAT,
     _sha,
+    audio_reading,
     cache_folder,
     cached_rows,
     row_hashes,
@@ -133,15 +134,15 @@ class OpenSmileExtractor:
 
 def opensmile_fingerprint(cfg: DictConfig) -> Tuple[str, Dict[str, Any]]:
     """(hex digest, description) of everything that decides a row's functionals apart from its audio:
-    feature set, functionals level, opensmile version, data.sample_rate/channel/min_segment_sec, padding."""
+    feature set, functionals level, opensmile version, how the audio is read (`audio_reading`, with
+    data.telephone_share), padding."""
     opensmile = require_opensmile()
     feature_set = str(cfg.encoder.feature_set)
     member, dim = _feature_set(feature_set)
     description: Dict[str, Any] = {
         "format": CACHE_FORMAT, "family": FAMILY, "feature_set": feature_set, "opensmile_set": member,
         "feature_level": "functionals", "dim": dim, "min_sec": MIN_SEC,
-        "sample_rate": int(cfg.data.sample_rate), "channel": int(cfg.data.channel),
-        "min_segment_sec": float(cfg.data.min_segment_sec),
+        **audio_reading(cfg),
         "versions": {"opensmile": opensmile.__version__},
     }
     return _sha(description), description
