@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +65,19 @@ def test_jobs_run_in_one_thread_processes_and_keep_their_order():
     assert [i for i, _, _ in out] == [0, 1, 2, 3]
     assert os.getpid() not in {pid for _, pid, _ in out}
     assert {threads for _, _, threads in out} == {1}
+
+
+def test_each_result_is_handed_over_as_its_job_finishes():
+    """on_done runs while slower jobs are still running (an arm's summary is written when its folds end)."""
+    seen_while_running = []
+
+    def on_done(i, result):
+        seen_while_running.append((i, (Path(marker).exists())))
+
+    marker = Path(tempfile.mkdtemp()) / "slow-job-finished"
+    jobs = [lambda: time.sleep(3) or marker.touch() or "slow", lambda: "quick"]
+    assert run_jobs(jobs, workers=2, on_done=on_done) == ["slow", "quick"]
+    assert seen_while_running == [(1, False), (0, True)]
 
 
 def test_a_failing_job_raises_its_error_here():

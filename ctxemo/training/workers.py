@@ -16,7 +16,7 @@ import ctypes
 import multiprocessing as mp
 import os
 import signal
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, List, Optional, Sequence, TypeVar
 
 import torch
@@ -83,7 +83,9 @@ def run_jobs(jobs: Sequence[Callable[[], T]], *, workers: int,
             futures = {pool.submit(_run_job, i): i for i in range(len(jobs))}
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                # FIRST_COMPLETED, not FIRST_EXCEPTION: the latter returns only once every job is done when
+                # none fails, so on_done (progress lines, an arm's summary) would all come at the end.
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
                         for other in pending:
