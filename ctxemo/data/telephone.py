@@ -20,6 +20,9 @@ EDGE_DB = 40.0  # the band edge: highest frequency within this of the telephone 
 MISMATCH_RATIO = 1.25  # band edges further apart than this factor (either way) are a mismatch
 
 
+BAND_MIN_SAMPLES = 512  # one Welch window: the shortest segment whose band edge can be measured
+
+
 def upper_band_edge_hz(waves: Sequence[np.ndarray], sample_rate: int) -> Optional[float]:
     """Highest frequency whose power (Welch, over all `waves` together) lies within EDGE_DB of the median
     power over the telephone band (300-3400 Hz); None without audio. The reference is the band every
@@ -27,13 +30,13 @@ def upper_band_edge_hz(waves: Sequence[np.ndarray], sample_rate: int) -> Optiona
     band limit; EDGE_DB sits between that roll-off and a channel filter's stop band. Telephone audio
     gives ~4-5 kHz (its filters' slopes), wideband 16-kHz audio 6-8 kHz. Resampling does not move it:
     an 8-kHz call read at 16 kHz still ends near 4 kHz."""
-    # Segments shorter than one Welch window (512 samples) are left out: every spectrum must share its bins.
-    waves = [np.asarray(w, dtype=np.float64) for w in waves if len(w) >= 512]
+    # Segments shorter than one Welch window are left out: every spectrum must share its bins.
+    waves = [np.asarray(w, dtype=np.float64) for w in waves if len(w) >= BAND_MIN_SAMPLES]
     if not waves:
         return None
     power, total = None, 0
     for w in waves:
-        f, p = signal.welch(w, fs=sample_rate, nperseg=512)
+        f, p = signal.welch(w, fs=sample_rate, nperseg=BAND_MIN_SAMPLES)
         power, total = (p * len(w) if power is None else power + p * len(w)), total + len(w)
     # Smoothed over 5 bins (~150 Hz; zero-padded at the ends, which only lowers them): one notch or
     # harmonic does not decide it.

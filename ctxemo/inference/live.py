@@ -19,6 +19,7 @@ from ctxemo.data.audio import resample
 from ctxemo.data.datasets import time_features
 from ctxemo.data.manifest import ROLES
 from ctxemo.data.pcm import pcm_to_float
+from ctxemo.data.telephone import BAND_MIN_SAMPLES
 from ctxemo.errors import AudioError, ConfigError
 from ctxemo.inference.bundle import Bundle, load_bundle
 from ctxemo.inference.outputs import segment_record, summarize_call
@@ -82,7 +83,7 @@ class LiveSession:
         self._last_context_end: Optional[float] = None
         self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
         self.records = []
-        self.band_warning: Optional[str] = None  # set by the first caller turn when its band is not the training one
+        self.band_warning: Optional[str] = None  # set by the first caller turn long enough to measure when its band is not the training one
         self._band_checked = False
 
     # ------------------------------------------------------------------ pushing segments
@@ -113,7 +114,8 @@ class LiveSession:
         if not np.isfinite(wave).all():
             raise AudioError(f"call {self.call_id}: segment holds NaN or Inf samples")
         duration = len(wave) / float(sample_rate)
-        if role == "caller" and not self._band_checked:  # once per call: a telephone line stays one
+        # Once per call (a telephone line stays one), on the first caller segment long enough to measure.
+        if role == "caller" and not self._band_checked and len(wave) >= BAND_MIN_SAMPLES:
             self._band_checked = True
             self.band_warning = self.bundle.check_band([wave], sample_rate=int(sample_rate), where=f"call {self.call_id}")
             if self.band_warning:
