@@ -83,7 +83,7 @@ class LiveSession:
         self._last_context_end: Optional[float] = None
         self._clock = 0.0  # end of the latest segment (where a segment without times is placed)
         self.records = []
-        self.band_warning: Optional[str] = None  # set by the first caller turn long enough to measure when its band is not the training one
+        self.band_warning: Optional[str] = None  # set by the first caller turn long enough to measure
         self._band_checked = False
 
     # ------------------------------------------------------------------ pushing segments
