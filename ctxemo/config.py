@@ -79,8 +79,8 @@ class EncoderConfig:
     max_batch_sec: float = 160.0  # total audio seconds per embedding batch (bucketed by length)
     # float32 | bfloat16: the arithmetic of the embedding pass (cache, predict, live; training keeps its own
     # rule). bfloat16 runs the matmuls and convolutions in bf16 (fp32 accumulation; norms, spectra and
-    # pooling stay fp32): on a CPU with AVX512-BF16 or AMX about 2x the segments/s of float32, on a GPU the
-    # tensor cores; embeddings move by ~1e-5 in cosine (benchmarks/README.md, bench_embed.py). On a CPU
+    # pooling stay fp32): on a CPU with AVX512-BF16 or AMX 1.8-1.9x the segments/s of float32, on a GPU the
+    # tensor cores; embeddings keep cosine >= 0.99998 (benchmarks/README.md, bench_embed.py). On a CPU
     # without native bf16 it is slower: keep float32 there.
     precision: str = "float32"
 
