@@ -16,9 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ctxemo.config import to_yaml
+from ctxemo.config import load_config, to_yaml
 from ctxemo.errors import CtxemoError
 from ctxemo.io import read_json, write_json, write_text
 
@@ -70,6 +70,39 @@ def start_run(run_dir: str | Path, cfg: DictConfig, *, command: str,
     return run_dir
 
 
+def config_differences(stored: Path, cfg: DictConfig, *, limit: int = 5) -> list:
+    """What differs between a run folder's config.yaml and `cfg`, as "key: old -> new" (at most `limit`, then
+    "..."); [] when they agree. The stored file is read onto today's schema, so a key added by a later
+    version of ctxemo takes its default there, and a folder started before it can still be resumed when
+    the run keeps that default. A stored config the schema can no longer read differs as a whole."""
+    text = stored.read_text(encoding="utf-8")
+    if text == to_yaml(cfg):
+        return []
+    try:
+        old = flat_config(load_config([stored]))
+    except CtxemoError as exc:
+        return [f"{stored.name} is not readable by this version: {exc}"]
+    new = flat_config(cfg)
+    changed = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+               for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    return changed[:limit] + (["..."] if len(changed) > limit else [])
+
+
+def flat_config(cfg: DictConfig) -> Dict[str, Any]:
+    """dotted key -> value of every leaf of `cfg` (resolved)."""
+    out: Dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
 def _other_ways(run_dir: Path) -> str:
     return f"choose another --out, or pass --overwrite to start {run_dir} clean"
 
@@ -92,9 +125,11 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise CtxemoError(f"{self.path}: the run folder names an existing file, not a folder; choose another --out")
         existing = self.path / CONFIG_FILE
-        if not overwrite and existing.is_file() and existing.read_text(encoding="utf-8") != to_yaml(cfg):
-            raise CtxemoError(f"{self.path} holds a run with a different config; to resume, use the same config "
-                              f"and overrides; otherwise {_other_ways(self.path)}")
+        if not overwrite and existing.is_file():
+            changed = config_differences(existing, cfg)
+            if changed:
+                raise CtxemoError(f"{self.path} holds a run with a different config ({', '.join(changed)}); to "
+                                  f"resume, use the same config and overrides; otherwise {_other_ways(self.path)}")
 
     def check_inputs(self, inputs: Dict[str, Any]) -> None:
         """Refuse a resume whose inputs (manifest, features, audio) differ from those recorded in run.json."""

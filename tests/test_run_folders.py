@@ -79,6 +79,24 @@ def test_a_run_folder_from_before_input_fingerprints_still_resumes(tmp_path, cor
     assert cv(corpus, run) == 0
 
 
+def test_a_run_folder_from_before_a_new_config_key_still_resumes(tmp_path, corpus, capsys):
+    """A key added by a later ctxemo (here encoder.precision) takes its default in an older config.yaml, so the
+    folder resumes while the run keeps that default, and is refused, naming the key, when it does not."""
+    run = tmp_path / "run"
+    assert cv(corpus, run) == 0
+    stored = (run / "config.yaml").read_text()
+    assert "precision: float32" in stored
+    (run / "config.yaml").write_text(stored.replace("  precision: float32\n", ""))
+    results = lambda: {k: v for k, v in snapshot(run).items() if k not in ("config.yaml", "run.json")}  # noqa: E731
+    before = results()
+    assert cv(corpus, run) == 0 and results() == before  # resumed: every fold was done, no result rewritten
+    assert "precision: float32" in (run / "config.yaml").read_text()  # the record now names the new key
+    capsys.readouterr()
+    assert cv(corpus, run, "encoder.precision=bfloat16", "train.epochs=3") == 2
+    err = capsys.readouterr().err
+    assert "encoder.precision: 'float32' -> 'bfloat16'" in err and "train.epochs: 2 -> 3" in err, err
+
+
 def test_overwrite_starts_clean_and_says_so(tmp_path, corpus, capsys):
     run = tmp_path / "run"
     assert cv(corpus, run, "cv.only_folds=[0,1]") == 0
