@@ -16,9 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ctxemo.config import load_config, to_yaml
+from ctxemo.config import load_config, to_container, to_yaml
 from ctxemo.errors import CtxemoError
 from ctxemo.io import read_json, write_json, write_text
 
@@ -99,7 +99,7 @@ def flat_config(cfg: DictConfig) -> Dict[str, Any]:
         else:
             out[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(to_container(cfg), "")
     return out
 
 

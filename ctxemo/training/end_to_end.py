@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,17 +50,19 @@ def make_window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: D
                       specs: Sequence[AudioSpec]) -> CallBatch:
     """Windows -> a CallBatch whose inputs carry the audio of every real segment (AudioCallInputs)."""
     settings = EmbedSettings.from_config(cfg)
-    return window_batch(units, device, cfg=cfg, load=lambda row: read_segment(settings, specs[row]))
+    return window_batch(units, device, cfg=cfg, load=lambda row: read_segment(settings, specs[row]),
+                        settings=settings)
 
 
 def window_batch(units: Sequence[CallItem], device: torch.device, *, cfg: DictConfig,
-                 load: Callable[[int], np.ndarray]) -> CallBatch:
+                 load: Callable[[int], np.ndarray], settings: Optional[EmbedSettings] = None) -> CallBatch:
     """`make_window_batch` with the audio from `load(row)` (a manifest row's mono waveform at
-    data.sample_rate): benchmarks/bench_gpu.py feeds synthetic waves through the same batching."""
+    data.sample_rate): benchmarks/bench_gpu.py feeds synthetic waves through the same batching.
+    settings: `EmbedSettings.from_config(cfg)`, when the caller already has them."""
     batch = collate(units, device)
     rows = [int(r) for unit in units for r in unit.rows]  # row-major order of seg_mask's True entries
     sr = int(cfg.data.sample_rate)
-    settings = EmbedSettings.from_config(cfg)
+    settings = settings or EmbedSettings.from_config(cfg)
     padded, lens = pad_segments(settings, [load(r) for r in rows])
     buckets = length_buckets((lens.double() / sr).tolist(), batch_size=int(cfg.encoder.batch_size),
                              max_batch_sec=float(cfg.encoder.max_batch_sec))
