@@ -53,3 +53,22 @@ def test_demo_guards_its_folder_like_the_other_commands(tmp_path, capsys):
     assert (out / "corpus" / "manifest.csv").read_bytes() == corpus_manifest
     history = json.loads((out / "isolated" / "fold0" / "history.json").read_text())
     assert len(history) == 1  # retrained with the new config, not the old folds
+
+
+def test_demo_refuses_too_few_callers_before_writing_anything(tmp_path, capsys):
+    """6 calls make 3 synthetic callers: too few for 5 caller-independent folds. Refused up front, naming
+    the flag and what would do, with nothing synthesised (the folds used to refuse it after synthesis)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--calls", "6", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "--calls 6 gives 3 callers" in err and "cv.folds" in err and "--calls 9 or more" in err
+    assert not out.exists()
+    # the advice holds: 9 calls give 5 callers (refused only if the count were wrong, checked without a run)
+    from ctxemo.data.synthetic import CorpusSpec, caller_count, generate_corpus
+
+    assert caller_count(CorpusSpec(n_calls=9)) == 5
+    import csv
+
+    manifest = generate_corpus(tmp_path / "corpus", n_calls=9, seed=0, min_turns=2, max_turns=2)
+    with open(manifest) as f:
+        assert len({row["caller_id"] for row in csv.DictReader(f)}) == 5

@@ -275,3 +275,28 @@ def test_bfloat16_pass_stays_close_to_float32_and_gets_its_own_cache(corpus, tmp
 def test_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="encoder.precision"):
         config("encoder.precision=float16")
+
+
+def test_a_subset_run_keeps_the_other_rows_and_a_changed_file_replaces_its_row(corpus, tmp_path, count_rows):
+    """Embedding a subset, then the whole corpus again, encodes nothing twice; a file that changed in between
+    is encoded again and its old row is not carried on."""
+    cfg = config()
+    whole = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    count_rows["rows"] = 0
+    subset = [corpus[i] for i in (6, 1, 3)]
+    np.testing.assert_array_equal(embed_manifest(cfg, subset, cache_dir=tmp_path / "cache", progress=False),
+                                  whole[[6, 1, 3]])
+    assert count_rows["rows"] == 0
+    # a manifest of one known and one changed row: one row encoded, the rest of the corpus still stored
+    path = corpus[2].path
+    sf.write(path, np.zeros(int(0.5 * SR), dtype=np.float32) + 0.1, SR)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    mixed = embed_manifest(cfg, [corpus[0], corpus[2]], cache_dir=tmp_path / "cache", progress=False)
+    assert count_rows["rows"] == 1 and np.abs(mixed[1] - whole[2]).max() > 1e-3
+    (folder,) = list((tmp_path / "cache").iterdir())
+    assert np.load(folder / "embeddings.npy").shape[0] == 8  # 2 current + 6 kept, the stale version of row 2 gone
+    count_rows["rows"] = 0
+    again = embed_manifest(cfg, corpus, cache_dir=tmp_path / "cache", progress=False)
+    assert count_rows["rows"] == 0
+    np.testing.assert_array_equal(np.delete(again, 2, axis=0), np.delete(whole, 2, axis=0))
+    np.testing.assert_array_equal(again[2], mixed[1])

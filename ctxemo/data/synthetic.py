@@ -181,10 +181,17 @@ def _label_tables(labels: Sequence[str]) -> Tuple[np.ndarray, np.ndarray, np.nda
     return weights / weights.sum(), shifts, affinity
 
 
-def _allocate_calls(spec: CorpusSpec, rng: np.random.Generator) -> np.ndarray:
-    """Caller index of each call. The caller count is fixed by n_calls and the mean calls per caller."""
+def caller_count(spec: CorpusSpec) -> int:
+    """How many callers a corpus of `spec` has: fixed by n_calls and the mean calls per caller (known before
+    anything is synthesised, so a study can refuse a corpus too small for its folds up front)."""
     lo, hi = spec.calls_per_caller
-    n_callers = max(1, int(np.ceil(spec.n_calls / ((lo + hi) / 2.0))))
+    return max(1, int(np.ceil(spec.n_calls / ((lo + hi) / 2.0))))
+
+
+def _allocate_calls(spec: CorpusSpec, rng: np.random.Generator) -> np.ndarray:
+    """Caller index of each call (caller_count callers)."""
+    lo, hi = spec.calls_per_caller
+    n_callers = caller_count(spec)
     counts = np.full(n_callers, lo)
     # Shrink lo if n_calls is too small to give every caller `lo` calls.
     while counts.sum() > spec.n_calls:

@@ -2,11 +2,12 @@
 and reuse the result for as long as nothing it depends on (encoder, weights, audio files, crops) has changed.
 
 Layout under `cache_dir` (one folder per encoder, so ablation arms with different encoders coexist):
-    <family>-<encoder fingerprint[:12]>/embeddings.npy    float32 [N, D], row i = manifest row i
-    <family>-<encoder fingerprint[:12]>/embeddings.json   sidecar: fingerprints + one hash per row
+    <family>-<encoder fingerprint[:12]>/embeddings.npy    float32 [N, D]: the last manifest's rows in order,
+                                                          then rows kept from earlier manifests
+    <family>-<encoder fingerprint[:12]>/embeddings.json   sidecar: fingerprints + one hash and key per row
     <family>-<encoder fingerprint[:12]>/partial/shard-<key>.npy   finished shards of an unfinished run
 A row is reused when the encoder fingerprint matches and its own audio hash (path, size, mtime,
-crop, channel, rate) is in the previous sidecar; only the other rows are encoded, in shards of
+crop, channel, rate) is in the sidecar; only the other rows are encoded, in shards of
 `shard_rows` that are saved as they finish, so an interrupted run resumes where it stopped.
 `cached_rows` is that cache for any row-wise extractor: openSMILE functionals
 (ctxemo.embedding.opensmile_features) use it with their own fingerprint. Processes sharing a cache folder
@@ -147,6 +148,12 @@ def row_hashes(specs: Sequence[AudioSpec]) -> List[str]:
     return out
 
 
+def row_keys(specs: Sequence[AudioSpec]) -> List[str]:
+    """One key per row naming where its audio is (resolved path and crop) but not what it holds: a row whose
+    file changed keeps its key and gets a new hash, so the cache knows the old row is superseded."""
+    return [_sha([str(Path(spec.path).resolve()), spec.start_sec, spec.end_sec])[:32] for spec in specs]
+
+
 def audio_fingerprint(specs: Sequence[RowLike]) -> str:
     """One hash of every row's audio (`row_hashes`): what the cache compares, and what run.json records."""
     return _sha(row_hashes([as_audio_spec(r) for r in specs]))
@@ -261,15 +268,14 @@ def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path,
                  description: Dict[str, Any], encode: Callable[[List[AudioSpec], tqdm], np.ndarray], desc: str,
                  progress: bool, shard_rows: int, on_shard_done: Optional[Callable[[int], None]]) -> np.ndarray:
     """`cached_rows` under the folder's lock."""
-    audio_fp = _sha(hashes)
     sidecar = _read_sidecar(folder)
     old = _load_matching(folder, sidecar, fingerprint)
-    if old is not None and sidecar["audio_fingerprint"] == audio_fp and old.shape[0] == len(specs):
-        return old
-
-    # Reuse any unchanged row of the previous result for this encoder; encode the rest in shards.
+    # Reuse any unchanged row this encoder has embedded, for this manifest or another; encode the rest in shards.
     previous = {h: i for i, h in enumerate(sidecar["row_hashes"])} if old is not None else {}
     todo = [i for i, h in enumerate(hashes) if h not in previous]
+    if old is not None and not todo:  # everything cached: nothing is rewritten
+        where = [previous[h] for h in hashes]
+        return old if where == list(range(old.shape[0])) else old[where]
     shards = [todo[k: k + shard_rows] for k in range(0, len(todo), shard_rows)]
     partial = folder / "partial"
     results: Dict[int, np.ndarray] = {}
@@ -292,17 +298,40 @@ def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path,
     out = np.empty((len(specs), dim), dtype=np.float32)
     for i, h in enumerate(hashes):
         out[i] = results[i] if i in results else old[previous[h]]
+    # The stored file is this manifest's rows, then the rows of earlier manifests that this one does not hold
+    # (a subset run must not throw away a full corpus's embeddings), except rows whose file has since changed.
+    keys = row_keys(specs)
+    kept = _kept_rows(sidecar, set(hashes), set(keys)) if old is not None else []
+    stored = np.concatenate([out, old[kept]]) if kept else out
+    all_hashes = hashes + [sidecar["row_hashes"][j] for j in kept]
+    all_keys = keys + [sidecar["row_keys"][j] for j in kept]
     # Drop the old sidecar first: a crash between the two writes must not pair new rows with old hashes.
     (folder / SIDECAR_FILE).unlink(missing_ok=True)
-    save_npy(folder / EMBEDDINGS_FILE, np.ascontiguousarray(out, dtype=np.float32))
-    meta = {"format": CACHE_FORMAT, "encoder_fingerprint": fingerprint, "audio_fingerprint": audio_fp,
-            "n_rows": len(specs), "dim": dim, "dtype": "float32", "encoder": description, "row_hashes": hashes}
+    save_npy(folder / EMBEDDINGS_FILE, np.ascontiguousarray(stored, dtype=np.float32))
+    meta = {"format": CACHE_FORMAT, "encoder_fingerprint": fingerprint, "audio_fingerprint": _sha(all_hashes),
+            "n_rows": len(all_hashes), "dim": dim, "dtype": "float32", "encoder": description,
+            "row_hashes": all_hashes, "row_keys": all_keys}
     write_text(folder / SIDECAR_FILE, json.dumps(meta, indent=1))
     for path in partial.glob("shard-*.npy") if partial.is_dir() else []:
         path.unlink(missing_ok=True)
     for place in (partial, folder):  # what an interrupted earlier call was writing when it died
         remove_leftover_temps(place)
     return out
+
+
+def _kept_rows(sidecar: Dict[str, Any], hashes: set, keys: set) -> List[int]:
+    """Rows of the stored result to carry over: not in the current manifest, and not an older version of one
+    of its rows (same key, other hash). A sidecar written before row keys were stored keeps none."""
+    old_keys = sidecar.get("row_keys")
+    if old_keys is None or len(old_keys) != len(sidecar["row_hashes"]):
+        return []
+    seen: set = set()
+    kept = []
+    for j, (h, k) in enumerate(zip(sidecar["row_hashes"], old_keys)):
+        if h not in hashes and k not in keys and h not in seen:
+            kept.append(j)
+            seen.add(h)
+    return kept
 
 
 def _load_shard(path: Path, n_rows: int) -> Optional[np.ndarray]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from ctxemo.config import load_config
-from ctxemo.errors import CtxemoError
+from ctxemo.errors import ConfigError, CtxemoError
 from ctxemo.io import read_json
 from ctxemo.reports.html_report import write_report
 from ctxemo.runinfo import KEPT_ON_OVERWRITE, RunFolder
@@ -36,6 +36,18 @@ def ensure_corpus(corpus_dir: Path, *, n_calls: int, seed: int, progress: bool =
     return Path(generate_corpus(corpus_dir, n_calls=n_calls, seed=seed, progress=progress))
 
 
+def _check_enough_callers(n_calls: int, seed: int, folds: int) -> None:
+    """Refuse, before anything is synthesised or cleared, a corpus with fewer callers than cv.folds (the
+    caller-independent folds would refuse it only after the corpus had been written and embedded)."""
+    from ctxemo.data.synthetic import CorpusSpec, caller_count
+
+    callers = caller_count(CorpusSpec(n_calls=n_calls, seed=seed))
+    if callers < folds:
+        enough = next(n for n in range(n_calls, 100 * folds) if caller_count(CorpusSpec(n_calls=n, seed=seed)) >= folds)
+        raise ConfigError(f"--calls {n_calls} gives {callers} callers, fewer than the {folds} caller-independent "
+                          f"folds of cv.folds; pass --calls {enough} or more, or cv.folds={max(callers, 2)}")
+
+
 def run_demo(out_dir: str | Path = "runs/demo", *, n_calls: int = DEMO_CALLS, seed: int = 0,
              overrides: Sequence[str] = (), progress: bool = True, overwrite: bool = False, log=print) -> Dict:
     """Run the demo study; returns the ablation result (also written to out_dir/summary.json).
@@ -47,6 +59,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, n_calls: int = DEMO_CALLS, se
     corpus_dir = out_dir / "corpus"
     cfg = load_config([DEMO_CONFIG], [f"data.manifest={corpus_dir / 'manifest.csv'}", f"out_dir={out_dir}",
                                       f"seed={seed}", *overrides])
+    _check_enough_callers(n_calls, seed, int(cfg.cv.folds))
     wanted, found = {"calls": n_calls, "seed": seed}, corpus_settings(corpus_dir)
     same_corpus = found is None or found == wanted
     if not same_corpus and not overwrite:
