@@ -235,6 +235,13 @@ def worker(job: Dict[str, Any]) -> Dict[str, Any]:
             **counter.report(seconds, roof), **out}
 
 
+def _spread(runs: List[Dict[str, Any]]) -> str:
+    """', runs LO-HI' (MB) when repeated: glibc's heap keeps freed activations, so one configuration's peak RSS
+    moves by ~10-20% between identical fresh processes, more than some of the differences judged."""
+    rss = [r["peak_rss_mb"] for r in runs]
+    return f", runs {min(rss):.0f}-{max(rss):.0f}" if len(rss) > 1 else ""
+
+
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(worker, (job,))
@@ -271,17 +278,19 @@ def main() -> None:
             med = {way: {key: float(np.median([r[key] for r in rs])) for key in rs[0] if key != "feats"}
                    for way, rs in runs.items()}
             seed = med["seed"]
-            summary[family] = {"seed": seed, "seed_seconds_each": [r["seconds"] for r in runs["seed"]]}
+            summary[family] = {"seed": seed, "seed_seconds_each": [r["seconds"] for r in runs["seed"]],
+                               "seed_peak_rss_mb_each": [r["peak_rss_mb"] for r in runs["seed"]]}
             print(f"{family:9s} seed way {args.count / seed['seconds']:6.2f} seg/s ({seed['seconds']:6.1f} s, "
-                  f"peak RSS {seed['peak_rss_mb']:5.0f} MB)", flush=True)
+                  f"peak RSS {seed['peak_rss_mb']:5.0f} MB{_spread(runs['seed'])})", flush=True)
             for way in ways[1:]:
                 m = med[way]
                 diff = float(np.abs(np.array(runs["seed"][0]["feats"]) - np.array(runs[way][0]["feats"])).max())
                 ratio = seed["seconds"] / m["seconds"]
                 summary[family][way] = dict(m, ratio=ratio, max_abs_diff=diff,
-                                            seconds_each=[r["seconds"] for r in runs[way]])
+                                            seconds_each=[r["seconds"] for r in runs[way]],
+                                            peak_rss_mb_each=[r["peak_rss_mb"] for r in runs[way]])
                 print(f"  {way:9s} {args.count / m['seconds']:6.2f} seg/s ({m['seconds']:6.1f} s, peak RSS "
-                      f"{m['peak_rss_mb']:5.0f} MB) | ratio {ratio:4.2f}x | cache hit {m['cached_seconds'] * 1000:.0f} "
+                      f"{m['peak_rss_mb']:5.0f} MB{_spread(runs[way])}) | ratio {ratio:4.2f}x | cache hit {m['cached_seconds'] * 1000:.0f} "
                       f"ms | max |seed - {way}| {diff:.1e}", flush=True)
             for way in ways:
                 m = med[way]
