@@ -300,3 +300,8 @@ def test_a_subset_run_keeps_the_other_rows_and_a_changed_file_replaces_its_row(c
     assert count_rows["rows"] == 0
     np.testing.assert_array_equal(np.delete(again, 2, axis=0), np.delete(whole, 2, axis=0))
     np.testing.assert_array_equal(again[2], mixed[1])
+    # rows of a file that is gone are not carried on by the next write (a manifest with a new row)
+    corpus[4].path.unlink()
+    embed_manifest(cfg, [corpus[0], AudioSpec(corpus[5].path, 0.2, 0.9)], cache_dir=tmp_path / "cache",
+                   progress=False)
+    assert np.load(folder / "embeddings.npy").shape[0] == 8  # 2 current + the 6 others whose files are still there

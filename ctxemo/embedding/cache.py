@@ -149,9 +149,13 @@ def row_hashes(specs: Sequence[AudioSpec]) -> List[str]:
 
 
 def row_keys(specs: Sequence[AudioSpec]) -> List[str]:
-    """One key per row naming where its audio is (resolved path and crop) but not what it holds: a row whose
-    file changed keeps its key and gets a new hash, so the cache knows the old row is superseded."""
-    return [_sha([str(Path(spec.path).resolve()), spec.start_sec, spec.end_sec])[:32] for spec in specs]
+    """One key per row naming where its audio is, "<resolved path>|<start>|<end>", but not what it holds: a row
+    whose file changed keeps its key and gets a new hash, so the cache knows the old row is superseded."""
+    return [f"{Path(spec.path).resolve()}|{spec.start_sec}|{spec.end_sec}" for spec in specs]
+
+
+def _key_path(key: str) -> Path:
+    return Path(key.rsplit("|", 2)[0])  # the crop fields hold no "|"; a path may
 
 
 def audio_fingerprint(specs: Sequence[RowLike]) -> str:
@@ -320,15 +324,22 @@ def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path,
 
 
 def _kept_rows(sidecar: Dict[str, Any], hashes: set, keys: set) -> List[int]:
-    """Rows of the stored result to carry over: not in the current manifest, and not an older version of one
-    of its rows (same key, other hash). A sidecar written before row keys were stored keeps none."""
+    """Rows of the stored result to carry over: not in the current manifest, not an older version of one of
+    its rows (same key, other hash), and with their file still there (a deleted or moved corpus is not kept
+    forever). A sidecar written before row keys were stored keeps none."""
     old_keys = sidecar.get("row_keys")
     if old_keys is None or len(old_keys) != len(sidecar["row_hashes"]):
         return []
     seen: set = set()
+    exists: Dict[Path, bool] = {}
     kept = []
     for j, (h, k) in enumerate(zip(sidecar["row_hashes"], old_keys)):
-        if h not in hashes and k not in keys and h not in seen:
+        if h in hashes or k in keys or h in seen:
+            continue
+        path = _key_path(k)
+        if path not in exists:
+            exists[path] = path.is_file()
+        if exists[path]:
             kept.append(j)
             seen.add(h)
     return kept
