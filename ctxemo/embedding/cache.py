@@ -303,7 +303,7 @@ def _cached_rows(specs: Sequence[AudioSpec], hashes: List[str], *, folder: Path,
     for i, h in enumerate(hashes):
         out[i] = results[i] if i in results else old[previous[h]]
     # The stored file is this manifest's rows, then the rows of earlier manifests that this one does not hold
-    # (a subset run must not throw away a full corpus's embeddings), except rows whose file has since changed.
+    # (a subset run must not throw away a full corpus's embeddings), except rows whose file has changed or gone.
     keys = row_keys(specs)
     kept = _kept_rows(sidecar, set(hashes), set(keys)) if old is not None else []
     stored = np.concatenate([out, old[kept]]) if kept else out
