@@ -36,14 +36,17 @@ def ensure_corpus(corpus_dir: Path, *, n_calls: int, seed: int, progress: bool =
     return Path(generate_corpus(corpus_dir, n_calls=n_calls, seed=seed, progress=progress))
 
 
-def _check_enough_callers(n_calls: int, seed: int, folds: int) -> None:
+def _check_enough_callers(n_calls: int, folds: int) -> None:
     """Refuse, before anything is synthesised or cleared, a corpus with fewer callers than cv.folds (the
-    caller-independent folds would refuse it only after the corpus had been written and embedded)."""
+    caller-independent folds would refuse it only after the corpus had been written and embedded).
+    The caller count depends on the number of calls only, not on the seed."""
+    from itertools import count
+
     from ctxemo.data.synthetic import CorpusSpec, caller_count
 
-    callers = caller_count(CorpusSpec(n_calls=n_calls, seed=seed))
+    callers = caller_count(CorpusSpec(n_calls=n_calls))
     if callers < folds:
-        enough = next(n for n in range(n_calls, 100 * folds) if caller_count(CorpusSpec(n_calls=n, seed=seed)) >= folds)
+        enough = next(n for n in count(n_calls) if caller_count(CorpusSpec(n_calls=n)) >= folds)
         raise ConfigError(f"--calls {n_calls} gives {callers} callers, fewer than the {folds} caller-independent "
                           f"folds of cv.folds; pass --calls {enough} or more, or cv.folds={max(callers, 2)}")
 
@@ -59,7 +62,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, n_calls: int = DEMO_CALLS, se
     corpus_dir = out_dir / "corpus"
     cfg = load_config([DEMO_CONFIG], [f"data.manifest={corpus_dir / 'manifest.csv'}", f"out_dir={out_dir}",
                                       f"seed={seed}", *overrides])
-    _check_enough_callers(n_calls, seed, int(cfg.cv.folds))
+    _check_enough_callers(n_calls, int(cfg.cv.folds))
     wanted, found = {"calls": n_calls, "seed": seed}, corpus_settings(corpus_dir)
     same_corpus = found is None or found == wanted
     if not same_corpus and not overwrite:
